@@ -1,0 +1,30 @@
+"""cellserve: serve a Jupyter notebook's annotated cells as a fast, reliable HTTP API.
+
+from cellserve import app_from_notebook
+app = app_from_notebook("house_prices.ipynb", kernels=2)
+"""
+
+from cellserve.app import app_from_notebook, lifespan
+from cellserve.exceptions import (
+    CellserveError,
+    KernelDied,
+    KernelError,
+    NotebookError,
+    SeedError,
+    SettingsError,
+)
+from cellserve.multi import app_from_notebooks
+from cellserve.settings import Settings
+
+__all__ = [
+    "CellserveError",
+    "KernelDied",
+    "KernelError",
+    "NotebookError",
+    "SeedError",
+    "Settings",
+    "SettingsError",
+    "app_from_notebook",
+    "app_from_notebooks",
+    "lifespan",
+]

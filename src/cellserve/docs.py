@@ -1,0 +1,63 @@
+"""The interactive docs page: Swagger UI from the ``swagger-ui-bundle-v2`` package, no CDN.
+
+The page reads the OpenAPI document next to it and, when opened as ``/docs?token=X``, sends
+that token with every call it makes (the spec, and "Try it out" requests).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} · cellserve</title>
+<link rel="stylesheet" href="{assets}/swagger-ui.css{query}">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js{query}"></script>
+<script>
+const token = new URLSearchParams(window.location.search).get("token");
+window.ui = SwaggerUIBundle({{
+  urls: {urls},
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  tryItOutEnabled: true,
+  requestInterceptor: (request) => {{
+    if (token) {{ request.headers["Authorization"] = "Bearer " + token; }}
+    return request;
+  }},
+  presets: [SwaggerUIBundle.presets.apis],
+}});
+</script>
+</body>
+</html>
+"""
+
+
+def docs_assets() -> StaticFiles:
+    """The bundled Swagger UI files, served under the docs page's ``assets`` path."""
+    return StaticFiles(directory=Path(swagger_ui_path))
+
+
+def docs_page(
+    request: Request, *, title: str, specs: list[tuple[str, str]], assets: str
+) -> HTMLResponse:
+    """The docs page; `specs` are (name, URL) pairs of OpenAPI documents, `assets` a URL."""
+    token = request.query_params.get("token")
+    query = "?token=" + html.escape(quote(token, safe="")) if token else ""
+    urls = json.dumps([{"name": name, "url": url} for name, url in specs])
+    page = _PAGE.format(
+        title=html.escape(title), assets=assets, query=query, urls=urls.replace("</", "<\\/")
+    )
+    return HTMLResponse(page)

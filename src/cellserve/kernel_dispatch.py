@@ -1,0 +1,155 @@
+"""The dispatcher that runs *inside* a Python kernel: cellserve's fast execution path.
+
+The server never imports this module; it sends its source to each IPython kernel once, after
+the seed cells. ``install`` registers a comm target. Each request is then one ``comm_msg``
+carrying the ``REQUEST`` string and a key naming the route's code (the code itself rides
+along the first time a kernel sees that key). The dispatcher runs the route's code, compiled
+once with IPython's transformations applied (so magics work), captures stdout, rich displays
+and the last expression's value in-process, runs the ResponseInfo code if there is one, and
+answers with a single comm message. Request data is data: it is bound to ``REQUEST`` in the
+user namespace and never becomes code text, and nothing is written to IPython's history.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import traceback
+from collections.abc import Callable
+from types import CodeType
+from typing import Any
+
+from IPython.utils.capture import capture_output
+
+
+class _LimitedText:
+    """A stdout stand-in that keeps at most `limit` characters and remembers what it dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.room = limit
+        self.truncated = False
+
+    def write(self, text: str) -> int:
+        if len(text) > self.room:
+            self.truncated = True
+            text = text[: self.room]
+        self.room -= len(text)
+        if text:
+            self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+class _Compiled:
+    """A route's code: statements plus an optional trailing expression (the cell's value)."""
+
+    def __init__(self, shell: Any, source: str) -> None:
+        self.body: CodeType | None = None
+        self.value: CodeType | None = None
+        self.syntax_error: SyntaxError | None = None
+        self.needs_event_loop = False
+        code = shell.transform_cell(source)
+        filename = shell.compile.cache(code)
+        try:
+            tree = ast.parse(code, filename)
+        except SyntaxError as exc:
+            self.syntax_error = exc
+            return
+        value_node: ast.Expression | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not _quiet(code):
+            value_node = ast.Expression(tree.body.pop().value)
+        try:
+            self.body = compile(tree, filename, "exec")
+            if value_node is not None:
+                self.value = compile(value_node, filename, "eval")
+        except SyntaxError:
+            # Top-level `await` compiles only as a coroutine: leave it to execute_request.
+            self.needs_event_loop = True
+
+
+def _quiet(code: str) -> bool:
+    """IPython hides a cell's value when its last line ends with a semicolon."""
+    lines = [line for line in code.rstrip().splitlines() if line.strip()]
+    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
+
+
+def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
+    stdout = _LimitedText(limit)
+    namespace = shell.user_ns
+    value: Any = None
+    error: dict[str, Any] | None = None
+    with capture_output(stdout=False, stderr=False, display=True) as captured:
+        saved_stdout = sys.stdout
+        sys.stdout = stdout
+        try:
+            if compiled.syntax_error is not None:
+                raise compiled.syntax_error
+            assert compiled.body is not None
+            shell.events.trigger("pre_execute")
+            exec(compiled.body, namespace)
+            if compiled.value is not None:
+                value = eval(compiled.value, namespace)
+            shell.events.trigger("post_execute")
+        except BaseException as exc:
+            error = {
+                "ename": type(exc).__name__,
+                "evalue": str(exc),
+                "traceback": "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)
+                    if exc.__traceback__ is not None
+                    else traceback.format_exception_only(type(exc), exc)
+                ),
+            }
+        finally:
+            sys.stdout = saved_stdout
+    result = None
+    if error is None and value is not None:
+        result, _ = shell.display_formatter.format(value)
+    return {
+        "stdout": "".join(stdout.parts),
+        "truncated": stdout.truncated,
+        "result": result,
+        "displays": [output.data for output in captured.outputs],
+        "error": error,
+    }
+
+
+def install(shell: Any, target_name: str, limit: int) -> None:
+    """Register the comm target `target_name` on `shell`'s kernel."""
+    cache: dict[str, _Compiled] = {}
+
+    def lookup(key: str, source: str | None) -> _Compiled | None:
+        if key not in cache and source is not None:
+            cache[key] = _Compiled(shell, source)
+        return cache.get(key)
+
+    def handle(data: dict[str, Any]) -> dict[str, Any]:
+        cell = lookup(data["key"], data.get("code"))
+        info = lookup(data["info_key"], data.get("info_code")) if data.get("info_key") else None
+        if cell is None or (data.get("info_key") and info is None):
+            return {"status": "missing"}
+        if cell.needs_event_loop or (info is not None and info.needs_event_loop):
+            return {"status": "unsupported"}
+        shell.user_ns["REQUEST"] = data["request"]
+        answer: dict[str, Any] = {"status": "ok", "cell": _run(shell, cell, limit), "info": None}
+        if info is not None and answer["cell"]["error"] is None:
+            answer["info"] = _run(shell, info, limit)
+        return answer
+
+    def on_open(comm: Any, _open_msg: Any) -> None:
+        def on_msg(msg: dict[str, Any]) -> None:
+            comm.send(handle(msg["content"]["data"]))
+
+        comm.on_msg(on_msg)
+
+    register: Callable[[str, Any], None] = shell.kernel.comm_manager.register_target
+    register(target_name, on_open)

@@ -1,0 +1,377 @@
+"""One Jupyter kernel: start, seed, run a request, interrupt, shut down.
+
+This is the only module that talks to jupyter_client and nbclient. Seed cells run through
+nbclient (its errors carry the formatted traceback). Requests take one of two paths, both a
+single round trip:
+
+* **fast** (IPython kernels): one ``comm_msg`` to the dispatcher in ``kernel_dispatch.py``;
+* **execute**: one ``execute_request`` whose code first binds ``REQUEST`` to an escaped string
+  literal, then runs the cell (any kernel language; also used for streaming routes).
+
+Both use ``store_history=False`` and Python kernels start with IPython's history off, so no
+request reaches the disk. Messages are turned into ``CellOutput`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+from cellserve.exceptions import KernelDied, KernelError, SeedError
+from cellserve.notebook import SeedCell
+
+logger = logging.getLogger("cellserve.kernels")
+
+_COMM_TARGET = "cellserve.dispatch"
+_POLL_SECONDS = 0.25
+_HIDDEN_ENV = ("KG_AUTH_TOKEN", "CELLSERVE_AUTH_TOKEN")
+
+StdoutSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How to start and prepare every kernel of one notebook."""
+
+    kernel_name: str
+    language: str
+    cwd: Path
+    fast: bool = True
+    max_output_chars: int = 10_000_000
+    startup_timeout: float = 60.0
+    seed_timeout: float | None = 600.0
+
+    @property
+    def uses_dispatcher(self) -> bool:
+        return self.fast and self.language.lower() == "python"
+
+
+@dataclass(frozen=True)
+class CellError:
+    ename: str
+    evalue: str
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """What one cell produced, in the terms Kernel Gateway chooses a response from."""
+
+    stdout: str = ""
+    truncated: bool = False
+    result: Mapping[str, Any] | None = None
+    displays: tuple[Mapping[str, Any], ...] = ()
+    error: CellError | None = None
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    cell: CellOutput
+    response_info: CellOutput | None = None
+
+
+@dataclass(frozen=True)
+class CellCall:
+    """One request for one kernel: the route's code and the ``REQUEST`` string."""
+
+    source: str
+    request_json: str
+    response_info: str | None = None
+    stream: bool = False
+
+
+@dataclass
+class _StdoutBuffer:
+    limit: int
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, text: str) -> str:
+        room = self.limit - self.size
+        if len(text) > room:
+            self.truncated = True
+            text = text[: max(room, 0)]
+        self.size += len(text)
+        if text:
+            self.parts.append(text)
+        return text
+
+
+def kernel_environment() -> dict[str, str]:
+    """The server's environment, plus ``KERNEL_GATEWAY=1``, minus auth tokens."""
+    env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
+    env["KERNEL_GATEWAY"] = "1"
+    return env
+
+
+def request_assignment(language: str, request_json: str) -> str:
+    """Code that binds ``REQUEST`` to `request_json` as an escaped literal in `language`."""
+    lang = language.lower()
+    if lang == "bash":
+        return "REQUEST='" + request_json.replace("'", "'\\''") + "'"
+    if lang == "perl":
+        return "my $REQUEST = '" + request_json.replace("\\", "\\\\").replace("'", "\\'") + "';"
+    # A JSON string literal, ASCII only, with interpolation sigils escaped, is a valid and
+    # inert string literal in Python, R, Julia, Scala and most C-like languages.
+    literal = json.dumps(request_json)
+    for sigil in "$@`":
+        literal = literal.replace(sigil, f"\\u{ord(sigil):04x}")
+    return f"REQUEST = {literal}"
+
+
+class Kernel:
+    """A started kernel with its client; one request at a time (the scheduler guarantees it)."""
+
+    def __init__(self, manager: Any, client: Any, config: KernelConfig) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.config = config
+        self._manager = manager
+        self._client = client
+        self._comm_id: str | None = None
+        self._known_keys: set[str] = set()
+        self._unsupported_keys: set[str] = set()
+
+    @property
+    def pid(self) -> int | None:
+        pid = getattr(self._manager.provisioner, "pid", None)
+        return int(pid) if pid is not None else None
+
+    @classmethod
+    async def start(cls, config: KernelConfig) -> Kernel:
+        """Start a kernel process and wait until it answers."""
+        manager = AsyncKernelManager(kernel_name=config.kernel_name)
+        extra = ["--HistoryManager.enabled=False"] if config.language.lower() == "python" else []
+        try:
+            await manager.start_kernel(
+                env=kernel_environment(), cwd=str(config.cwd), extra_arguments=extra
+            )
+        except Exception as exc:
+            raise KernelError(f"cannot start kernel {config.kernel_name!r}: {exc}") from exc
+        client = manager.client()
+        client.start_channels()
+        kernel = cls(manager, client, config)
+        try:
+            await client.wait_for_ready(timeout=config.startup_timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            await kernel.shutdown()
+            raise KernelError(f"kernel {config.kernel_name!r} did not start: {exc}") from exc
+        return kernel
+
+    async def is_alive(self) -> bool:
+        return bool(await self._manager.is_alive())
+
+    async def seed(self, seeds: Sequence[SeedCell]) -> None:
+        """Run the seed cells in order; a failure is a SeedError naming the cell."""
+        cells = [nbformat.v4.new_code_cell(s.source) for s in seeds]  # type: ignore[no-untyped-call]
+        notebook = nbformat.v4.new_notebook(cells=cells)  # type: ignore[no-untyped-call]
+        runner = NotebookClient(
+            notebook, km=self._manager, timeout=self.config.seed_timeout, allow_errors=False
+        )
+        runner.kc = self._client
+        for index, (seed, cell) in enumerate(zip(seeds, notebook.cells, strict=True)):
+            try:
+                await runner.async_execute_cell(cell, index, store_history=False)
+            except CellExecutionError as exc:
+                raise SeedError(
+                    f"seed cell {seed.number} raised {exc.ename}: {exc.evalue}",
+                    cell_index=seed.number,
+                    traceback=str(exc),
+                ) from exc
+            except (CellTimeoutError, TimeoutError) as exc:
+                raise SeedError(
+                    f"seed cell {seed.number} ran longer than {self.config.seed_timeout} s",
+                    cell_index=seed.number,
+                    traceback="",
+                ) from exc
+            except DeadKernelError as exc:
+                raise SeedError(
+                    f"the kernel died while running seed cell {seed.number}",
+                    cell_index=seed.number,
+                    traceback="",
+                ) from exc
+        if self.config.uses_dispatcher:
+            await self._install_dispatcher()
+
+    async def _install_dispatcher(self) -> None:
+        source = resources.files("cellserve").joinpath("kernel_dispatch.py").read_text("utf-8")
+        bootstrap = (
+            "def __cellserve_bootstrap():\n"
+            "    namespace = {'__name__': 'cellserve_dispatch'}\n"
+            f"    exec(compile({source!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
+            f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, "
+            f"{self.config.max_output_chars})\n"
+            "__cellserve_bootstrap()\n"
+            "del __cellserve_bootstrap\n"
+        )
+        output = await self._execute(bootstrap, deadline=time.monotonic() + 30)
+        if output.error is not None:
+            raise KernelError(f"cannot install the dispatcher: {output.error.traceback}")
+        self._comm_id = uuid.uuid4().hex
+        self._send("comm_open", {"comm_id": self._comm_id, "target_name": _COMM_TARGET, "data": {}})
+
+    async def run(
+        self, call: CellCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
+    ) -> CellOutcome:
+        """Run one request; raise TimeoutError past `timeout`, KernelDied if the process exits."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        key = _code_key(call.source)
+        if self._comm_id is not None and not call.stream and key not in self._unsupported_keys:
+            answer = await self._dispatch(call, key, deadline)
+            if answer is not None:
+                return answer
+            self._unsupported_keys.add(key)
+        code = request_assignment(self.config.language, call.request_json) + "\n" + call.source
+        cell = await self._execute(code, deadline, on_stdout)
+        info = None
+        if call.response_info is not None and cell.error is None:
+            info = await self._execute(call.response_info, deadline)
+        return CellOutcome(cell, info)
+
+    async def _dispatch(self, call: CellCall, key: str, deadline: float) -> CellOutcome | None:
+        info_key = _code_key(call.response_info) if call.response_info is not None else None
+        data: dict[str, Any] = {"key": key, "info_key": info_key, "request": call.request_json}
+        for attempt in range(2):
+            if key not in self._known_keys or attempt:
+                data["code"] = call.source
+            if info_key is not None and (info_key not in self._known_keys or attempt):
+                data["info_code"] = call.response_info
+            msg_id = self._send("comm_msg", {"comm_id": self._comm_id, "data": data})
+            while True:
+                msg = await self._next_iopub(deadline)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "comm_msg":
+                    break
+            answer = msg["content"]["data"]
+            self._known_keys.add(key)
+            if info_key is not None:
+                self._known_keys.add(info_key)
+            if answer["status"] == "ok":
+                info = answer["info"]
+                return CellOutcome(
+                    _output_from_answer(answer["cell"]),
+                    _output_from_answer(info) if info is not None else None,
+                )
+            if answer["status"] == "unsupported":
+                return None
+        raise KernelError("the dispatcher lost the route's code twice")
+
+    async def _execute(
+        self, code: str, deadline: float, on_stdout: StdoutSink | None = None
+    ) -> CellOutput:
+        msg_id = self._client.execute(
+            code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False
+        )
+        stdout = _StdoutBuffer(self.config.max_output_chars)
+        result: Mapping[str, Any] | None = None
+        displays: list[Mapping[str, Any]] = []
+        error: CellError | None = None
+        while True:
+            msg = await self._next_iopub(deadline)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "status" and content["execution_state"] == "idle":
+                break
+            if kind == "stream" and content.get("name", "stdout") == "stdout":
+                text = stdout.add(content["text"])
+                if on_stdout is not None and text:
+                    await on_stdout(text)
+            elif kind == "execute_result":
+                result = content["data"]
+            elif kind == "display_data":
+                displays.append(content["data"])
+            elif kind == "error":
+                error = CellError(
+                    content["ename"], content["evalue"], "\n".join(content.get("traceback", []))
+                )
+        await self._drain_shell_reply(msg_id, deadline)
+        return CellOutput("".join(stdout.parts), stdout.truncated, result, tuple(displays), error)
+
+    async def _drain_shell_reply(self, msg_id: str, deadline: float) -> None:
+        while True:
+            reply = await self._next(self._client.get_shell_msg, deadline)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return
+
+    async def _next_iopub(self, deadline: float) -> dict[str, Any]:
+        return await self._next(self._client.get_iopub_msg, deadline)
+
+    async def _next(
+        self, receive: Callable[..., Awaitable[dict[str, Any]]], deadline: float
+    ) -> dict[str, Any]:
+        """The next message from a channel, watching the deadline and the process."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            try:
+                return await receive(timeout=min(_POLL_SECONDS, remaining))
+            except queue.Empty:
+                if not await self.is_alive():
+                    raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
+
+    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
+        msg = self._client.session.msg(msg_type, content)
+        self._client.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    async def interrupt(self, grace: float) -> bool:
+        """Interrupt the running cell; True once the kernel answers again within `grace`."""
+        try:
+            await self._manager.interrupt_kernel()
+        except Exception as exc:
+            logger.warning("interrupting kernel %s failed: %s", self.id, exc)
+            return False
+        msg_id = self._send("kernel_info_request", {})
+        try:
+            await self._drain_shell_reply(msg_id, time.monotonic() + grace)
+        except (TimeoutError, KernelDied):
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop the kernel process for good; safe to call twice and under cancellation."""
+        with anyio.CancelScope(shield=True):
+            try:
+                self._client.stop_channels()
+            except Exception:
+                logger.debug("closing channels of kernel %s failed", self.id, exc_info=True)
+            try:
+                with anyio.move_on_after(10):
+                    await self._manager.shutdown_kernel(now=True)
+            except Exception:
+                logger.debug("shutting down kernel %s failed", self.id, exc_info=True)
+            if await self._manager.is_alive():
+                await self._manager.kill_kernel()
+
+
+def _code_key(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _output_from_answer(answer: Mapping[str, Any]) -> CellOutput:
+    error = answer["error"]
+    return CellOutput(
+        stdout=answer["stdout"],
+        truncated=answer["truncated"],
+        result=answer["result"],
+        displays=tuple(answer["displays"]),
+        error=CellError(error["ename"], error["evalue"], error["traceback"]) if error else None,
+    )

@@ -1,0 +1,356 @@
+"""Read a notebook and describe the API its annotated cells declare.
+
+This stage is pure: no kernel, no HTTP. It follows Kernel Gateway's notebook-http grammar:
+
+    # GET /users/:id          an endpoint cell (verb upper-case, at least one space)
+    # ResponseInfo GET /users/:id
+                              a companion cell printing {"status": ..., "headers": {...}}
+
+Cells with the same verb and path are joined in notebook order; every other code cell is a
+seed cell, run once on each new kernel. cellserve also accepts PATCH, and reads optional
+directives from comment lines right under the annotation, e.g. ``# cellserve: stream`` or
+``# cellserve: timeout=30``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from cellserve.exceptions import NotebookError
+
+VERBS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+
+_COMMENT_PREFIXES: Mapping[str, str] = {
+    language: "//"
+    for language in ("scala", "java", "kotlin", "javascript", "typescript", "c++", "go", "rust")
+}
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STATUS_IN_SOURCE = re.compile(r"""["']status["']\s*:\s*([1-5][0-9][0-9])\b""")
+_DIRECTIVE = re.compile(r"cellserve:\s*(.*)")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One `/`-separated piece of a route path: literal text or a `:name` parameter."""
+
+    text: str
+    is_param: bool
+
+
+@dataclass(frozen=True)
+class PathTemplate:
+    """An annotated path such as ``/price/:zip``, split into segments."""
+
+    raw: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(s.text for s in self.segments if s.is_param)
+
+    @property
+    def openapi_path(self) -> str:
+        """The path in OpenAPI syntax: ``/price/{zip}``."""
+        return "/" + "/".join(f"{{{s.text}}}" if s.is_param else s.text for s in self.segments)
+
+    @classmethod
+    def parse(cls, raw: str) -> PathTemplate:
+        """Split `raw`; raise ValueError with a reason when it is not a usable path."""
+        if not raw.startswith("/"):
+            raise ValueError("a path must start with '/'")
+        if any(ch.isspace() for ch in raw):
+            raise ValueError("a path cannot contain spaces")
+        if "?" in raw or "#" in raw:
+            raise ValueError("a path cannot contain '?' or '#'; query arguments arrive in args")
+        segments = []
+        for piece in raw[1:].split("/"):
+            if piece.startswith(":"):
+                name = piece[1:]
+                if not _PARAM_NAME.match(name):
+                    raise ValueError(f"path parameter ':{name}' needs a name like ':zip'")
+                segments.append(Segment(name, is_param=True))
+            else:
+                segments.append(Segment(piece, is_param=False))
+        names = [s.text for s in segments if s.is_param]
+        if len(names) != len(set(names)):
+            raise ValueError("a path parameter name is used twice")
+        return cls(raw, tuple(segments))
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """Per-route directives from ``# cellserve: ...`` lines."""
+
+    stream: bool = False
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One verb on one path, with the joined source of its cells."""
+
+    verb: str
+    path: PathTemplate
+    source: str
+    cell_numbers: tuple[int, ...]
+    response_info: str | None = None
+    summary: str | None = None
+    description: str | None = None
+    options: RouteOptions = RouteOptions()
+
+    @property
+    def declared_statuses(self) -> tuple[int, ...]:
+        """Status codes a ResponseInfo cell visibly sets (best effort, for the docs)."""
+        if self.response_info is None:
+            return ()
+        return tuple(sorted({int(m) for m in _STATUS_IN_SOURCE.findall(self.response_info)}))
+
+    @property
+    def label(self) -> str:
+        return f"{self.verb} {self.path.raw}"
+
+
+@dataclass(frozen=True)
+class SeedCell:
+    number: int
+    source: str
+
+
+@dataclass(frozen=True)
+class NotebookApi:
+    """Everything the server needs from one notebook, immutable."""
+
+    name: str
+    kernel_name: str
+    language: str
+    seeds: tuple[SeedCell, ...]
+    endpoints: tuple[Endpoint, ...]
+    source_text: str = ""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def kernel_identity(self) -> tuple[object, ...]:
+        """What decides whether a kernel built for this API can serve another version."""
+        return (self.kernel_name, self.language, self.seeds)
+
+
+def load_notebook(
+    path: str | Path,
+    *,
+    kernel_name: str | None = None,
+    comment_prefix: str | None = None,
+) -> NotebookApi:
+    """Read `path` and parse it; every failure is a NotebookError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotebookError(f"cannot read notebook {path}: {exc}") from exc
+    return parse_notebook_text(
+        text, name=path.name, kernel_name=kernel_name, comment_prefix=comment_prefix
+    )
+
+
+def parse_notebook_text(
+    text: str,
+    *,
+    name: str,
+    kernel_name: str | None = None,
+    comment_prefix: str | None = None,
+) -> NotebookApi:
+    """Parse notebook JSON text; `name` is the file name used in messages and titles."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotebookError(
+            f"{name} is not valid notebook JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}); was the file saved completely?"
+        ) from exc
+    try:
+        notebook = nbformat.from_dict(raw)  # type: ignore[no-untyped-call]
+        if notebook.get("nbformat", 0) < 4:
+            notebook = nbformat.convert(notebook, 4)  # type: ignore[no-untyped-call]
+        cells = list(notebook["cells"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise NotebookError(f"{name} is not an nbformat v4 notebook: {exc}") from exc
+    metadata: Mapping[str, Any] = notebook.get("metadata", {})
+    return _describe(cells, metadata, name, text, kernel_name, comment_prefix)
+
+
+def comment_prefix_for(language: str) -> str:
+    """The line-comment prefix Kernel Gateway assumes for a kernel language."""
+    return _COMMENT_PREFIXES.get(language.lower(), "#")
+
+
+@dataclass
+class _Draft:
+    verb: str
+    path: PathTemplate
+    sources: list[str] = field(default_factory=list)
+    cell_numbers: list[int] = field(default_factory=list)
+    info_sources: list[str] = field(default_factory=list)
+    markdown_above: str | None = None
+    first_comment: list[str] = field(default_factory=list)
+    options: RouteOptions = RouteOptions()
+
+
+def _describe(
+    cells: list[Any],
+    metadata: Mapping[str, Any],
+    name: str,
+    text: str,
+    kernel_name: str | None,
+    comment_prefix: str | None,
+) -> NotebookApi:
+    kernelspec = metadata.get("kernelspec") or {}
+    language = str(
+        (metadata.get("language_info") or {}).get("name") or kernelspec.get("language") or "python"
+    )
+    prefix = comment_prefix if comment_prefix is not None else comment_prefix_for(language)
+    escaped = re.escape(prefix)
+    verbs = "|".join(VERBS)
+    endpoint_re = re.compile(rf"{escaped}\s+({verbs})\s+(/.*)")
+    info_re = re.compile(rf"{escaped}\s+ResponseInfo\s+({verbs})\s+(/.*)")
+
+    drafts: dict[tuple[str, str], _Draft] = {}
+    infos: list[tuple[int, str, str, str]] = []
+    seeds: list[SeedCell] = []
+    warnings: list[str] = []
+    previous_markdown: str | None = None
+    for number, cell in enumerate(cells, start=1):
+        source = _cell_source(cell)
+        kind = cell.get("cell_type")
+        if kind == "markdown":
+            previous_markdown = source
+            continue
+        if kind != "code":
+            previous_markdown = None
+            continue
+        info = info_re.match(source)
+        endpoint = None if info else endpoint_re.match(source)
+        if info:
+            infos.append((number, info.group(1), info.group(2).strip(), source))
+        elif endpoint:
+            verb, raw_path = endpoint.group(1), endpoint.group(2).strip()
+            template = _parse_path(raw_path, name, number, source)
+            draft = drafts.get((verb, raw_path))
+            if draft is None:
+                draft = drafts[(verb, raw_path)] = _Draft(verb, template)
+                draft.markdown_above = previous_markdown
+                draft.first_comment = _comment_lines_after_annotation(source, prefix)
+                draft.options = _parse_directives(draft.first_comment, name, number)
+            draft.sources.append(source)
+            draft.cell_numbers.append(number)
+        elif source.strip():
+            seeds.append(SeedCell(number, source))
+        previous_markdown = None
+
+    for number, verb, raw_path, source in infos:
+        target = drafts.get((verb, raw_path))
+        if target is None:
+            warnings.append(
+                f"{name} cell {number}: `ResponseInfo {verb} {raw_path}` has no "
+                f"`{verb} {raw_path}` endpoint cell and is ignored"
+            )
+        else:
+            target.info_sources.append(source)
+
+    if not drafts:
+        raise NotebookError(
+            f"{name} declares no endpoints: start a code cell with a line like "
+            f"`{prefix} GET /hello` to serve it"
+        )
+    endpoints = tuple(_finish(draft) for draft in drafts.values())
+    return NotebookApi(
+        name=name,
+        kernel_name=kernel_name or str(kernelspec.get("name") or "python3"),
+        language=language,
+        seeds=tuple(seeds),
+        endpoints=endpoints,
+        source_text=text,
+        warnings=tuple(warnings),
+    )
+
+
+def _cell_source(cell: Mapping[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _parse_path(raw_path: str, name: str, number: int, source: str) -> PathTemplate:
+    try:
+        return PathTemplate.parse(raw_path)
+    except ValueError as exc:
+        first_line = source.splitlines()[0]
+        raise NotebookError(f"{name} cell {number} (`{first_line}`): {exc}") from exc
+
+
+def _comment_lines_after_annotation(source: str, prefix: str) -> list[str]:
+    lines = []
+    for line in source.splitlines()[1:]:
+        stripped = line.strip()
+        if not stripped.startswith(prefix):
+            break
+        lines.append(stripped[len(prefix) :].strip())
+    return lines
+
+
+def _parse_directives(comments: list[str], name: str, number: int) -> RouteOptions:
+    stream = False
+    timeout: float | None = None
+    for comment in comments:
+        match = _DIRECTIVE.match(comment)
+        if not match:
+            continue
+        for word in match.group(1).replace(",", " ").split():
+            key, _, value = word.partition("=")
+            if key == "stream" and not value:
+                stream = True
+            elif key == "timeout" and value:
+                try:
+                    timeout = float(value)
+                except ValueError:
+                    timeout = -1.0
+                if timeout <= 0:
+                    raise NotebookError(
+                        f"{name} cell {number}: `timeout={value}` must be a positive number of "
+                        "seconds"
+                    )
+            else:
+                raise NotebookError(
+                    f"{name} cell {number}: unknown directive `{word}` "
+                    "(known: `stream`, `timeout=SECONDS`)"
+                )
+    return RouteOptions(stream=stream, timeout=timeout)
+
+
+def _finish(draft: _Draft) -> Endpoint:
+    summary, description = _docs_from(draft.markdown_above, draft.first_comment)
+    return Endpoint(
+        verb=draft.verb,
+        path=draft.path,
+        source="".join(s + "\n" for s in draft.sources),
+        cell_numbers=tuple(draft.cell_numbers),
+        response_info="".join(s + "\n" for s in draft.info_sources) or None,
+        summary=summary,
+        description=description,
+        options=draft.options,
+    )
+
+
+def _docs_from(markdown: str | None, comments: list[str]) -> tuple[str | None, str | None]:
+    """Summary and description: the markdown cell above wins, else the comment lines."""
+    if markdown and markdown.strip():
+        lines = [line.lstrip("#").strip() for line in markdown.strip().splitlines()]
+    else:
+        lines = [c for c in comments if c and not _DIRECTIVE.match(c)]
+    if not lines:
+        return None, None
+    description = "\n".join(lines[1:]).strip() or None
+    return lines[0], description

@@ -1,0 +1,187 @@
+"""Turn what a cell produced into an HTTP response, with Kernel Gateway's precedence.
+
+1. an error → 500 ``Error {ename}: {evalue} \\n`` (text/plain);
+2. else everything printed to stdout;
+3. else the ``execute_result``: as Kernel Gateway, its whole MIME bundle as JSON, unless the
+   client's ``Accept`` names one of the bundle's types, which is then sent as itself;
+4. else the last ``display()`` output: the type the client accepts, or the richest of
+   ``RICH_ORDER``;
+5. else an empty body.
+
+Default status 200 and ``Content-Type: text/plain``; a ResponseInfo cell's JSON object sets
+``status`` and ``headers`` (a list value repeats the header).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse, Response
+
+from cellserve.kernels import CellOutcome, CellOutput
+
+RICH_ORDER = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/svg+xml",
+    "application/pdf",
+    "application/json",
+    "text/html",
+    "text/markdown",
+    "text/latex",
+    "text/plain",
+)
+_BINARY_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "application/pdf"})
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON error in Kernel Gateway's shape: ``{"reason": ..., "message": ...}``."""
+    body = {"reason": HTTPStatus(status).phrase, "message": message}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> Response:
+    """The response for one request's `outcome`; `label` names the route in error messages."""
+    cell = outcome.cell
+    if cell.error is not None:
+        return Response(
+            f"Error {cell.error.ename}: {cell.error.evalue} \n",
+            500,
+            media_type=None,
+            headers={"Content-Type": "text/plain"},
+        )
+    if cell.truncated:
+        return error_response(
+            500, f"{label} printed more than the server's response size limit; nothing was sent"
+        )
+    body, content_type = _body_of(cell, accept)
+    status = 200
+    extra: list[tuple[str, str]] = []
+    info = outcome.response_info
+    if info is not None:
+        if info.error is not None:
+            return Response(
+                f"Error {info.error.ename}: {info.error.evalue} \n",
+                500,
+                headers={"Content-Type": "text/plain"},
+            )
+        parsed = _parse_response_info(info)
+        if isinstance(parsed, str):
+            return error_response(500, f"ResponseInfo {label}: {parsed}")
+        status, extra = parsed
+    if status in _NO_BODY_STATUSES:
+        body = b""
+    response = Response(body, status, headers={"Content-Type": content_type})
+    _apply_headers(response.headers, extra)
+    return response
+
+
+def _body_of(cell: CellOutput, accept: str | None) -> tuple[bytes, str]:
+    if cell.stdout:
+        return cell.stdout.encode("utf-8"), "text/plain"
+    preferences = _accepted_types(accept)
+    if cell.result is not None:
+        chosen = _negotiate(cell.result, preferences) if preferences else None
+        if chosen is None:
+            return json.dumps(cell.result).encode("utf-8"), "text/plain"
+        return _encode(chosen, cell.result[chosen])
+    if cell.displays:
+        bundle = cell.displays[-1]
+        chosen = _negotiate(bundle, preferences) if preferences else None
+        if chosen is None:
+            chosen = next((t for t in RICH_ORDER if t in bundle), None)
+        if chosen is not None:
+            return _encode(chosen, bundle[chosen])
+    return b"", "text/plain"
+
+
+def _accepted_types(accept: str | None) -> list[tuple[float, str]]:
+    """Media ranges from `accept` by descending quality; empty when the client has no wish."""
+    if not accept:
+        return []
+    ranges: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (piece.strip() for piece in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            ranges.append((quality, position, media.lower()))
+    if all(media == "*/*" for _, _, media in ranges):
+        return []
+    ranges.sort(key=lambda r: (-r[0], r[1]))
+    return [(quality, media) for quality, _, media in ranges]
+
+
+def _negotiate(bundle: Mapping[str, Any], preferences: list[tuple[float, str]]) -> str | None:
+    for _, media in preferences:
+        if media in bundle:
+            return media
+        if media.endswith("/*"):
+            prefix = media[:-1]
+            for candidate in RICH_ORDER:
+                if candidate.startswith(prefix) and candidate in bundle:
+                    return candidate
+    return None
+
+
+def _encode(media_type: str, value: Any) -> tuple[bytes, str]:
+    if media_type in _BINARY_TYPES and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=False), media_type
+        except binascii.Error:
+            return value.encode("utf-8"), media_type
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return json.dumps(value).encode("utf-8"), media_type
+    text = value if isinstance(value, str) else json.dumps(value)
+    charset = "; charset=utf-8" if media_type.startswith("text/") else ""
+    return text.encode("utf-8"), media_type + charset
+
+
+def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] | str:
+    """(status, headers) from a ResponseInfo cell's stdout, or the reason it is unusable."""
+    try:
+        value = json.loads(info.stdout)
+    except json.JSONDecodeError:
+        shown = info.stdout.strip()[:80] or "nothing"
+        return f'must print one JSON object like {{"status": 201}}, printed {shown!r}'
+    if not isinstance(value, dict):
+        return "must print a JSON object, not " + type(value).__name__
+    status = value.get("status", 200)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        return f"status must be an integer HTTP status, got {status!r}"
+    raw_headers = value.get("headers", {})
+    if not isinstance(raw_headers, dict):
+        return "headers must be a JSON object"
+    headers: list[tuple[str, str]] = []
+    for name, header_value in raw_headers.items():
+        values = header_value if isinstance(header_value, list) else [header_value]
+        headers.extend((str(name), _header_text(v)) for v in values)
+    return status, headers
+
+
+def _header_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _apply_headers(headers: MutableHeaders, extra: list[tuple[str, str]]) -> None:
+    replaced: set[str] = set()
+    for name, value in extra:
+        key = name.lower()
+        if key not in replaced:
+            del headers[key]
+            replaced.add(key)
+        headers.append(name, value)

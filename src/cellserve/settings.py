@@ -1,0 +1,148 @@
+"""Every option in one typed object, fed by keyword arguments, CLI flags and the environment.
+
+Precedence: an explicit value (keyword argument or CLI flag) > ``CELLSERVE_<NAME>`` >
+the Kernel Gateway variable Kernel Gateway users already set (``KG_PORT``...) > default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cellserve.exceptions import SettingsError
+
+DEFAULT_PORT = 9090
+"""Not Jupyter's 8888, so the server can run beside the Jupyter you edit the notebook in."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options for one cellserve app. Times are in seconds, sizes in bytes."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    base_url: str = "/"
+    kernels: int = 1
+    kernel_name: str | None = None
+    comment_prefix: str | None = None
+    execution: str = "fast"
+    timeout: float | None = 60.0
+    queue_timeout: float = 30.0
+    max_queue: int | None = 100
+    interrupt_grace: float = 3.0
+    seed_timeout: float | None = 600.0
+    startup_timeout: float = 60.0
+    shutdown_grace: float = 10.0
+    reload: bool = False
+    reload_debounce: float = 0.3
+    auth_token: str | None = None
+    allow_origin: str = ""
+    allow_methods: str = ""
+    allow_headers: str = ""
+    allow_credentials: bool = False
+    expose_headers: str = ""
+    max_age: int = 600
+    max_body_size: int = 10 * 1024 * 1024
+    max_response_size: int = 64 * 1024 * 1024
+    allow_notebook_download: bool = False
+    static_path: Path | None = None
+    docs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kernels < 1:
+            raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
+        if self.execution not in ("fast", "execute"):
+            raise SettingsError(f"execution must be 'fast' or 'execute', got {self.execution!r}")
+        if not self.base_url.startswith("/"):
+            raise SettingsError(f"base_url must start with '/', got {self.base_url!r}")
+        for name in ("timeout", "queue_timeout", "max_body_size", "max_response_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SettingsError(f"{name} must be positive, got {value}")
+
+    @property
+    def mount_prefix(self) -> str:
+        """The base URL without its trailing slash ('' for the root)."""
+        return self.base_url.rstrip("/")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
+        """Defaults, then the environment, then `explicit` values that are not None."""
+        environ = os.environ if environ is None else environ
+        unknown = set(explicit) - {f.name for f in fields(cls)}
+        if unknown:
+            raise SettingsError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            for variable in env_names(f.name):
+                if variable in environ:
+                    values[f.name] = _convert(f.name, environ[variable], variable)
+                    break
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_KG_NAMES = {
+    "host": "KG_IP",
+    "port": "KG_PORT",
+    "base_url": "KG_BASE_URL",
+    "kernels": "KG_PRESPAWN_COUNT",
+    "kernel_name": "KG_FORCE_KERNEL_NAME",
+    "auth_token": "KG_AUTH_TOKEN",
+    "allow_origin": "KG_ALLOW_ORIGIN",
+    "allow_methods": "KG_ALLOW_METHODS",
+    "allow_headers": "KG_ALLOW_HEADERS",
+    "allow_credentials": "KG_ALLOW_CREDENTIALS",
+    "expose_headers": "KG_EXPOSE_HEADERS",
+    "max_age": "KG_MAX_AGE",
+    "allow_notebook_download": "KG_ALLOW_NOTEBOOK_DOWNLOAD",
+    "static_path": "KG_STATIC_PATH",
+}
+
+
+def env_names(option: str) -> tuple[str, ...]:
+    """The environment variables read for `option`, strongest first."""
+    kg = _KG_NAMES.get(option)
+    own = "CELLSERVE_" + option.upper()
+    return (own, kg) if kg else (own,)
+
+
+def _convert(name: str, raw: str, variable: str) -> Any:
+    field_type = {f.name: f.type for f in fields(Settings)}[name]
+    converter: Callable[[str], Any]
+    if "bool" in str(field_type):
+        converter = _to_bool
+    elif "Path" in str(field_type):
+        converter = Path
+    elif "float" in str(field_type):
+        converter = _optional(float)
+    elif "int" in str(field_type):
+        converter = _optional(int)
+    else:
+        converter = str
+    try:
+        return converter(raw.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{variable}={raw!r}: {exc}") from exc
+
+
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        return None if raw.lower() in ("", "none", "off") else kind(raw)
+
+    return convert
+
+
+def _to_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
