@@ -1,0 +1,129 @@
+"""Test helpers: notebooks on disk and hypercorn servers on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import nbformat
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+
+def write_notebook(
+    path: Path,
+    cells: Sequence[str | tuple[str, str]],
+    *,
+    kernel: str = "python3",
+    language: str = "python",
+) -> Path:
+    """Cells are code sources, or ``("markdown", text)`` / ``("raw", text)`` pairs."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": kernel, "language": language, "display_name": kernel}
+    notebook.metadata["language_info"] = {"name": language}
+    for cell in cells:
+        if isinstance(cell, tuple):
+            kind, text = cell
+            maker = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_raw_cell
+            notebook.cells.append(maker(text))
+        else:
+            notebook.cells.append(nbformat.v4.new_code_cell(cell))
+    nbformat.write(notebook, path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _config(port: int) -> Config:
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 5
+    return config
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, *, ready_path: str = "/_cellserve/ready") -> AsyncIterator[str]:
+    """Serve `app` with hypercorn in this event loop; yield its base URL."""
+    port = free_port()
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve(app, _config(port), shutdown_trigger=stop.wait))
+        url = f"http://127.0.0.1:{port}"
+        await _wait_until_listening(port)
+        try:
+            yield url
+        finally:
+            stop.set()
+
+
+async def _wait_until_listening(port: int, timeout: float = 120.0) -> None:
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.05)
+            else:
+                await stream.aclose()
+                return
+
+
+class ServerThread:
+    """A hypercorn server for `app` in a thread of its own, for sync tests sharing a server."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await serve(self.app, _config(self.port), shutdown_trigger=self._stop.wait)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+
+    def start(self, timeout: float = 120.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"server failed to start: {self._error!r}")
+            try:
+                httpx.get(self.url + "/_cellserve/health", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError("server did not start")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
