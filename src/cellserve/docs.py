@@ -26,10 +26,11 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <div id="swagger-ui"></div>
 <script src="{assets}/swagger-ui-bundle.js{query}"></script>
+<script src="{assets}/swagger-ui-standalone-preset.js{query}"></script>
 <script>
 const token = new URLSearchParams(window.location.search).get("token");
 window.ui = SwaggerUIBundle({{
-  urls: {urls},
+  {source}
   dom_id: "#swagger-ui",
   deepLinking: true,
   tryItOutEnabled: true,
@@ -37,7 +38,8 @@ window.ui = SwaggerUIBundle({{
     if (token) {{ request.headers["Authorization"] = "Bearer " + token; }}
     return request;
   }},
-  presets: [SwaggerUIBundle.presets.apis],
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  layout: {layout},
 }});
 </script>
 </body>
@@ -56,8 +58,18 @@ def docs_page(
     """The docs page; `specs` are (name, URL) pairs of OpenAPI documents, `assets` a URL."""
     token = request.query_params.get("token")
     query = "?token=" + html.escape(quote(token, safe="")) if token else ""
-    urls = json.dumps([{"name": name, "url": url} for name, url in specs])
+    # One spec needs no top bar; several get the standalone layout's spec picker.
+    if len(specs) == 1:
+        source = "url: " + json.dumps(specs[0][1]) + ","
+        layout = '"BaseLayout"'
+    else:
+        source = "urls: " + json.dumps([{"name": n, "url": u} for n, u in specs]) + ","
+        layout = '"StandaloneLayout"'
     page = _PAGE.format(
-        title=html.escape(title), assets=assets, query=query, urls=urls.replace("</", "<\\/")
+        title=html.escape(title),
+        assets=assets,
+        query=query,
+        source=source.replace("</", "<\\/"),
+        layout=layout,
     )
     return HTMLResponse(page)

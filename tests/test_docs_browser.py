@@ -1,0 +1,66 @@
+"""The docs page in a real headless Chromium: loads offline, lists operations, tries one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cellserve import app_from_notebook
+from tests.servers import ServerThread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "docs-page.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"),
+        reason="needs Debian's chromium (CI installs it)",
+    ),
+]
+
+
+def test_docs_page_lists_operations_and_try_it_out_works(notebook) -> None:
+    from playwright.sync_api import sync_playwright
+
+    path = notebook(
+        [
+            ("markdown", "Greet someone\n\nAnswers with a greeting for the name in the path."),
+            "# GET /hello/:name\nimport json\nprint('hello', json.loads(REQUEST)['path']['name'])",
+            ("markdown", "Health of the model"),
+            "# GET /status\nprint('ok')",
+        ],
+        name="greeter.ipynb",
+    )
+    with ServerThread(app_from_notebook(path, auth_token="tok")) as server, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            external: list[str] = []
+            page.on(
+                "request",
+                lambda r: external.append(r.url) if not r.url.startswith(server.url) else None,
+            )
+            page.goto(f"{server.url}/docs?token=tok")
+            page.wait_for_selector(".opblock", timeout=30_000)
+            summaries = page.locator(".opblock-summary-path").all_inner_texts()
+            assert any("/hello/{name}" in s.replace("\u200b", "") for s in summaries)
+            assert any("/status" in s for s in summaries)
+
+            page.locator(".opblock-summary", has_text="Greet someone").click()
+            page.locator("input[placeholder='name']").fill("browser")
+            page.locator("button.execute").click()
+            body = page.locator(".responses-wrapper .response-col_description pre").first
+            body.wait_for(timeout=30_000)
+            assert "hello browser" in body.inner_text()
+            if os.environ.get("CELLSERVE_UPDATE_SCREENSHOT"):
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+            assert external == []
+        finally:
+            browser.close()
