@@ -188,7 +188,10 @@ async def test_bash_kernel_endpoint(tmp_path: Path) -> None:
         tmp_path / "shell.ipynb",
         [
             "GREETING=hello",
-            '# GET /hello/:name\nname=$(python3 -c \'import json,os,sys; print(json.loads(sys.argv[1])["path"]["name"])\' "$REQUEST")\necho "$GREETING $name"',
+            "# GET /hello/:name\n"
+            "name=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])[\"path\"][\"name\"])'"
+            ' "$REQUEST")\n'
+            'echo "$GREETING $name"',
             '# POST /echo\necho "$REQUEST"',
         ],
         kernel="bash",
