@@ -189,7 +189,8 @@ async def test_bash_kernel_endpoint(tmp_path: Path) -> None:
         [
             "GREETING=hello",
             "# GET /hello/:name\n"
-            "name=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[\"path\"][\"name\"])'"
+            "name=$(python3 -c 'import json,sys; "
+            'print(json.loads(sys.argv[1])["path"]["name"])\''
             ' "$REQUEST")\n'
             'echo "$GREETING $name"',
             '# POST /echo\necho "$REQUEST"',
