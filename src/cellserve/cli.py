@@ -24,6 +24,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ("--base-url", "base_url", {}, "prefix for every path (default /)"),
     ("--kernels", "kernels", {"type": int}, "kernels per notebook (default 1)"),
     ("--kernel-name", "kernel_name", {}, "kernelspec to use instead of the notebook's"),
+    ("--comment-prefix", "comment_prefix", {}, "annotation comment prefix (default by language)"),
     (
         "--execution",
         "execution",
