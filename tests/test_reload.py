@@ -43,8 +43,14 @@ async def test_endpoint_edit_swaps_code_and_keeps_kernels(tmp_path: Path) -> Non
         assert (await client.get("/hello")).text == "hello v1 1\n"
         before = await _health(client)
 
-        write_notebook(path, [SEED, "# GET /hello\nHITS += 1\nprint('hi', SEED, HITS)",
-                              "# GET /added\nprint('new route')"])
+        write_notebook(
+            path,
+            [
+                SEED,
+                "# GET /hello\nHITS += 1\nprint('hi', SEED, HITS)",
+                "# GET /added\nprint('new route')",
+            ],
+        )
         response = await _until(client, "/hello", lambda r: r.text.startswith("hi"))
         # Same kernel, state kept: the counter goes on from the previous request.
         assert response.text in ("hi v1 2\n", "hi v1 3\n")
@@ -91,7 +97,9 @@ def _alive(pid: int) -> bool:
             lambda text: text.replace("SEED = 'v1'", "SEED = 'v2'\\nraise ValueError('bad seed')"),
             id="seed-raises",
         ),
-        pytest.param(lambda text: text.replace("# GET /hello", "# GET /hel lo"), id="bad-annotation"),
+        pytest.param(
+            lambda text: text.replace("# GET /hello", "# GET /hel lo"), id="bad-annotation"
+        ),
     ],
 )
 async def test_broken_save_keeps_the_old_version_serving(tmp_path: Path, broken) -> None:
@@ -185,3 +193,51 @@ async def test_load_during_seed_reload_has_no_failures_and_no_mixing(tmp_path: P
             stop.set()
     assert failures == []
     assert set(seen) == {"a a\n", "b b\n"}
+
+
+def test_sighup_reloads_a_served_notebook(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import free_port
+
+    path = write_notebook(tmp_path / "api.ipynb", [SEED, HELLO])
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cellserve.cli",
+            "serve",
+            str(path),
+            "--port",
+            str(port),
+            "--no-reload",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/_cellserve/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        write_notebook(path, [SEED, "# GET /hello\nprint('after hup')"])
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/hello").text != "after hup\n":
+            assert time.monotonic() < deadline, "SIGHUP did not reload the notebook"
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "reloaded (SIGHUP): routes change applied" in stderr
