@@ -13,12 +13,14 @@ user namespace and never becomes code text, and nothing is written to IPython's 
 from __future__ import annotations
 
 import ast
+import builtins
 import sys
 import traceback
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
+from IPython.core.error import StdinNotImplementedError
 from IPython.utils.capture import capture_output
 
 
@@ -82,14 +84,19 @@ def _quiet(code: str) -> bool:
     return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
 
 
+def _no_input(prompt: object = "") -> str:
+    """A request has no terminal: fail at once rather than wait for input that never comes."""
+    raise StdinNotImplementedError("input() was called, but an HTTP request cannot answer it")
+
+
 def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
     stdout = _LimitedText(limit)
     namespace = shell.user_ns
     value: Any = None
     error: dict[str, Any] | None = None
     with capture_output(stdout=False, stderr=False, display=True) as captured:
-        saved_stdout = sys.stdout
-        sys.stdout = stdout
+        saved_stdout, saved_input = sys.stdout, builtins.input
+        sys.stdout, builtins.input = stdout, _no_input
         try:
             if compiled.syntax_error is not None:
                 raise compiled.syntax_error
@@ -110,7 +117,7 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
                 ),
             }
         finally:
-            sys.stdout = saved_stdout
+            sys.stdout, builtins.input = saved_stdout, saved_input
     result = None
     if error is None and value is not None:
         result, _ = shell.display_formatter.format(value)
