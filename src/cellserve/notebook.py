@@ -15,6 +15,7 @@ directives from comment lines right under the annotation, e.g. ``# cellserve: st
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class PathTemplate:
             raise ValueError("a path cannot contain spaces")
         if "?" in raw or "#" in raw:
             raise ValueError("a path cannot contain '?' or '#'; query arguments arrive in args")
+        if "{" in raw or "}" in raw:
+            raise ValueError("a path parameter is written ':name', not '{name}'")
         segments = []
         for piece in raw[1:].split("/"):
             if piece.startswith(":"):
@@ -177,9 +180,14 @@ def parse_notebook_text(
         if notebook.get("nbformat", 0) < 4:
             notebook = nbformat.convert(notebook, 4)  # type: ignore[no-untyped-call]
         cells = list(notebook["cells"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, nbformat.ValidationError) as exc:
         raise NotebookError(f"{name} is not an nbformat v4 notebook: {exc}") from exc
-    metadata: Mapping[str, Any] = notebook.get("metadata", {})
+    for number, cell in enumerate(cells, start=1):
+        if not isinstance(cell, Mapping):
+            raise NotebookError(f"{name} cell {number} is not a notebook cell: {cell!r:.60}")
+    metadata = notebook.get("metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise NotebookError(f"{name}: metadata must be a JSON object")
     return _describe(cells, metadata, name, text, kernel_name, comment_prefix)
 
 
@@ -208,9 +216,11 @@ def _describe(
     kernel_name: str | None,
     comment_prefix: str | None,
 ) -> NotebookApi:
-    kernelspec = metadata.get("kernelspec") or {}
+    kernelspec = _mapping(metadata.get("kernelspec"))
     language = str(
-        (metadata.get("language_info") or {}).get("name") or kernelspec.get("language") or "python"
+        _mapping(metadata.get("language_info")).get("name")
+        or kernelspec.get("language")
+        or "python"
     )
     prefix = comment_prefix if comment_prefix is not None else comment_prefix_for(language)
     escaped = re.escape(prefix)
@@ -239,12 +249,13 @@ def _describe(
         elif endpoint:
             verb, raw_path = endpoint.group(1), endpoint.group(2).strip()
             template = _parse_path(raw_path, name, number, source)
+            comments = _comment_lines_after_annotation(source, prefix)
             draft = drafts.get((verb, raw_path))
             if draft is None:
                 draft = drafts[(verb, raw_path)] = _Draft(verb, template)
                 draft.markdown_above = previous_markdown
-                draft.first_comment = _comment_lines_after_annotation(source, prefix)
-                draft.options = _parse_directives(draft.first_comment, name, number)
+                draft.first_comment = comments
+            draft.options = _parse_directives(comments, name, number, draft.options)
             draft.sources.append(source)
             draft.cell_numbers.append(number)
         elif source.strip():
@@ -278,6 +289,10 @@ def _describe(
     )
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _cell_source(cell: Mapping[str, Any]) -> str:
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else str(source)
@@ -301,9 +316,12 @@ def _comment_lines_after_annotation(source: str, prefix: str) -> list[str]:
     return lines
 
 
-def _parse_directives(comments: list[str], name: str, number: int) -> RouteOptions:
-    stream = False
-    timeout: float | None = None
+def _parse_directives(
+    comments: list[str], name: str, number: int, options: RouteOptions
+) -> RouteOptions:
+    """`options` updated with the ``# cellserve: ...`` lines of one cell."""
+    stream = options.stream
+    timeout = options.timeout
     for comment in comments:
         match = _DIRECTIVE.match(comment)
         if not match:
@@ -317,7 +335,7 @@ def _parse_directives(comments: list[str], name: str, number: int) -> RouteOptio
                     timeout = float(value)
                 except ValueError:
                     timeout = -1.0
-                if timeout <= 0:
+                if not math.isfinite(timeout) or timeout <= 0:
                     raise NotebookError(
                         f"{name} cell {number}: `timeout={value}` must be a positive number of "
                         "seconds"

@@ -34,10 +34,12 @@ def openapi_document(
 ) -> dict[str, Any]:
     """An OpenAPI 3.1 document for `sections`, with `server_url` as the base of every path."""
     paths: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
     for section in sections:
         for endpoint in section.api.endpoints:
             path = section.prefix + endpoint.path.openapi_path
             operation = _operation(endpoint, section, auth)
+            operation["operationId"] = _unique(operation["operationId"], used_ids)
             paths.setdefault(path, {})[endpoint.verb.lower()] = operation
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -48,7 +50,7 @@ def openapi_document(
         },
         "servers": [{"url": server_url or "/"}],
         "paths": paths,
-        "tags": [{"name": s.api.name, "description": f"Routes of {s.api.name}"} for s in sections],
+        "tags": [{"name": _tag(s), "description": f"Routes of {s.api.name}"} for s in sections],
     }
     if auth:
         document["components"] = {
@@ -81,7 +83,7 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
         responses["401"] = {"description": "Missing or wrong auth token"}
     operation: dict[str, Any] = {
         "operationId": _operation_id(section.prefix, endpoint),
-        "tags": [section.api.name],
+        "tags": [_tag(section)],
         "responses": responses,
     }
     if endpoint.summary:
@@ -107,6 +109,20 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
             },
         }
     return operation
+
+
+def _tag(section: Section) -> str:
+    """Sections are told apart by prefix; a lone notebook by its file name."""
+    return section.prefix.strip("/") or section.api.name
+
+
+def _unique(candidate: str, used: set[str]) -> str:
+    name, number = candidate, 1
+    while name in used:
+        number += 1
+        name = f"{candidate}_{number}"
+    used.add(name)
+    return name
 
 
 def _operation_id(prefix: str, endpoint: Endpoint) -> str:

@@ -120,7 +120,11 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             return {"body": text}
     if media_type == _FORM:
-        return {"body": parse_qs(text, keep_blank_values=True)}
+        try:
+            fields = parse_qs(text, keep_blank_values=True, encoding=charset, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"a form field is not valid {charset} once percent-decoded") from exc
+        return {"body": fields}
     return {"body": text}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +41,7 @@ RICH_ORDER = (
 )
 _BINARY_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "application/pdf"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -161,20 +163,25 @@ def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] 
     if not isinstance(value, dict):
         return "must print a JSON object, not " + type(value).__name__
     status = value.get("status", 200)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        return f"status must be an integer HTTP status, got {status!r}"
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+        return f"status must be an integer HTTP status from 200 to 599, got {status!r}"
     raw_headers = value.get("headers", {})
     if not isinstance(raw_headers, dict):
         return "headers must be a JSON object"
     headers: list[tuple[str, str]] = []
     for name, header_value in raw_headers.items():
         values = header_value if isinstance(header_value, list) else [header_value]
-        headers.extend((str(name), _header_text(v)) for v in values)
+        for value in values:
+            text = _header_text(value)
+            if not _TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
+                return f"header {name!r}: {text!r} is not a valid HTTP header"
+            headers.append((name, text))
     return status, headers
 
 
 def _header_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """Header values as Tornado writes them: strings as they are, numbers as digits."""
+    return value if isinstance(value, str) else str(value)
 
 
 def _apply_headers(headers: MutableHeaders, extra: list[tuple[str, str]]) -> None:

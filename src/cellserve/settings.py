@@ -6,6 +6,7 @@ the Kernel Gateway variable Kernel Gateway users already set (``KG_PORT``...) > 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -52,16 +53,31 @@ class Settings:
     docs: bool = True
 
     def __post_init__(self) -> None:
+        # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
+        if self.auth_token == "":
+            object.__setattr__(self, "auth_token", None)
         if self.kernels < 1:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
         if self.execution not in ("fast", "execute"):
             raise SettingsError(f"execution must be 'fast' or 'execute', got {self.execution!r}")
         if not self.base_url.startswith("/"):
             raise SettingsError(f"base_url must start with '/', got {self.base_url!r}")
-        for name in ("timeout", "queue_timeout", "max_body_size", "max_response_size"):
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be 0-65535, got {self.port}")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise SettingsError(f"max_queue must be 0 or more, got {self.max_queue}")
+        for name in (
+            "timeout",
+            "queue_timeout",
+            "interrupt_grace",
+            "seed_timeout",
+            "startup_timeout",
+            "max_body_size",
+            "max_response_size",
+        ):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise SettingsError(f"{name} must be positive, got {value}")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"{name} must be a positive number, got {value}")
 
     @property
     def mount_prefix(self) -> str:
@@ -114,29 +130,25 @@ def env_names(option: str) -> tuple[str, ...]:
 
 
 def _convert(name: str, raw: str, variable: str) -> Any:
-    field_type = {f.name: f.type for f in fields(Settings)}[name]
+    field_type = str({f.name: f.type for f in fields(Settings)}[name])
+    value = raw.strip()
+    if "None" in field_type and value.lower() in ("", "none", "off"):
+        return None
     converter: Callable[[str], Any]
-    if "bool" in str(field_type):
+    if "bool" in field_type:
         converter = _to_bool
-    elif "Path" in str(field_type):
+    elif "Path" in field_type:
         converter = Path
-    elif "float" in str(field_type):
-        converter = _optional(float)
-    elif "int" in str(field_type):
-        converter = _optional(int)
+    elif "float" in field_type:
+        converter = float
+    elif "int" in field_type:
+        converter = int
     else:
         converter = str
     try:
-        return converter(raw.strip())
+        return converter(value)
     except ValueError as exc:
         raise SettingsError(f"{variable}={raw!r}: {exc}") from exc
-
-
-def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(raw: str) -> Any:
-        return None if raw.lower() in ("", "none", "off") else kind(raw)
-
-    return convert
 
 
 def _to_bool(raw: str) -> bool:

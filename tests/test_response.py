@@ -1,0 +1,256 @@
+"""response.py: what a cell produced → status, headers and body (Kernel Gateway §5-7)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from starlette.responses import Response
+
+from cellserve.kernels import CellError, CellOutcome, CellOutput
+from cellserve.response import RICH_ORDER, build_response, error_response
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+PNG_B64 = base64.b64encode(PNG).decode("ascii") + "\n"  # Jupyter's bundles end with a newline
+ZERO = CellError("ZeroDivisionError", "division by zero", "Traceback ...")
+
+
+def respond(
+    cell: CellOutput, info: CellOutput | None = None, accept: str | None = None
+) -> Response:
+    return build_response(CellOutcome(cell, info), accept, label="GET /x")
+
+
+def info(value: Any) -> CellOutput:
+    """A ResponseInfo cell that printed `value` as JSON."""
+    return CellOutput(stdout=json.dumps(value) + "\n")
+
+
+def json_body(response: Response) -> Any:
+    assert response.headers["content-type"] == "application/json"
+    return json.loads(bytes(response.body))
+
+
+# -- precedence -------------------------------------------------------------------------------
+
+
+def test_error_is_500_plain_text_with_kernel_gateways_exact_body() -> None:
+    response = respond(CellOutput(stdout="lost\n", result={"text/plain": "1"}, error=ZERO))
+    assert response.status_code == 500
+    assert response.body == b"Error ZeroDivisionError: division by zero \n"
+    assert response.headers["content-type"] == "text/plain"
+
+
+def test_error_wins_over_response_info() -> None:
+    response = respond(CellOutput(error=ZERO), info({"status": 201}))
+    assert response.status_code == 500
+
+
+def test_stdout_wins_over_result_and_displays() -> None:
+    cell = CellOutput(
+        stdout="hello world\n", result={"text/plain": "2"}, displays=({"image/png": PNG_B64},)
+    )
+    response = respond(cell, accept="image/png")
+    assert (response.status_code, response.body) == (200, b"hello world\n")
+    assert response.headers["content-type"] == "text/plain"
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "", "*/*", "text/html,application/xhtml+xml,*/*;q=0.8", "application/xml"]
+)
+def test_result_without_a_matching_accept_is_the_whole_bundle_as_json(accept: str | None) -> None:
+    response = respond(CellOutput(result={"text/plain": "2"}), accept=accept)
+    assert response.status_code == 200
+    assert response.body == b'{"text/plain": "2"}'
+    assert response.headers["content-type"] == "text/plain"
+
+
+def test_result_bundle_keeps_every_type_without_accept() -> None:
+    bundle = {"text/plain": "Badge()", "text/html": "<b>badge</b>"}
+    assert json.loads(bytes(respond(CellOutput(result=bundle)).body)) == bundle
+
+
+def test_accept_html_gets_the_html() -> None:
+    bundle = {"text/plain": "Badge()", "text/html": "<b>badge</b>"}
+    response = respond(CellOutput(result=bundle), accept="text/html")
+    assert response.body == b"<b>badge</b>"
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+
+
+def test_accept_png_gets_decoded_bytes() -> None:
+    bundle = {"text/plain": "<Figure>", "image/png": PNG_B64}
+    response = respond(CellOutput(result=bundle), accept="image/png")
+    assert response.body == PNG
+    assert response.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        ("text/plain;q=0.5, text/html", "text/html"),
+        ("text/html;q=0.1, application/json;q=0.9", "application/json"),
+        ("image/*", "image/png"),
+        ("TEXT/HTML", "text/html"),
+        ("text/html;q=0, text/plain", "text/plain"),
+    ],
+)
+def test_accept_quality_order_and_wildcards(accept: str, chosen: str) -> None:
+    bundle = {"text/plain": "p", "text/html": "<p>", "application/json": {"a": 1}, "image/png": ""}
+    response = respond(CellOutput(result=bundle), accept=accept)
+    assert response.headers["content-type"].split(";")[0] == chosen
+
+
+def test_json_result_is_sent_as_json() -> None:
+    response = respond(
+        CellOutput(result={"application/json": {"a": [1]}}), accept="application/json"
+    )
+    assert json.loads(bytes(response.body)) == {"a": [1]}
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "body", "content_type"),
+    [
+        ({"text/plain": "<Figure>", "image/png": PNG_B64}, PNG, "image/png"),
+        ({"text/plain": "t", "text/html": "<i>h</i>"}, b"<i>h</i>", "text/html; charset=utf-8"),
+        ({"text/plain": "t", "image/svg+xml": "<svg/>"}, b"<svg/>", "image/svg+xml"),
+        ({"text/plain": "t", "application/json": {"a": 1}}, b'{"a": 1}', "application/json"),
+        ({"text/plain": "t", "application/x-unknown": "?"}, b"t", "text/plain; charset=utf-8"),
+    ],
+)
+def test_display_only_sends_the_richest_type(
+    bundle: dict[str, Any], body: bytes, content_type: str
+) -> None:
+    response = respond(CellOutput(displays=({"text/plain": "older"}, bundle)))
+    assert response.status_code == 200
+    assert response.body == body
+    assert response.headers["content-type"] == content_type
+
+
+def test_display_honours_accept() -> None:
+    bundle = {"text/plain": "<Figure>", "image/png": PNG_B64}
+    response = respond(CellOutput(displays=(bundle,)), accept="text/plain")
+    assert response.body == b"<Figure>"
+
+
+def test_display_with_no_known_type_is_empty() -> None:
+    response = respond(CellOutput(displays=({"application/vnd.custom": "x"},)))
+    assert (response.status_code, response.body) == (200, b"")
+
+
+def test_nothing_is_an_empty_200() -> None:
+    response = respond(CellOutput())
+    assert (response.status_code, response.body) == (200, b"")
+    assert response.headers["content-type"] == "text/plain"
+
+
+def test_rich_order_prefers_images_and_ends_with_plain_text() -> None:
+    assert RICH_ORDER[0] == "image/png"
+    assert RICH_ORDER[-1] == "text/plain"
+    assert RICH_ORDER.index("text/html") < RICH_ORDER.index("text/plain")
+
+
+def test_truncated_stdout_is_a_500_json_naming_the_route() -> None:
+    response = respond(CellOutput(stdout="x" * 10, truncated=True))
+    assert response.status_code == 500
+    body = json_body(response)
+    assert body["reason"] == "Internal Server Error"
+    assert "GET /x" in body["message"]
+
+
+# -- ResponseInfo -----------------------------------------------------------------------------
+
+
+def test_response_info_sets_status_and_headers() -> None:
+    response = respond(
+        CellOutput(stdout='{"id": 1}'),
+        info({"status": 201, "headers": {"Location": "/x/1", "X-Count": 3}}),
+    )
+    assert response.status_code == 201
+    assert response.body == b'{"id": 1}'
+    assert response.headers["location"] == "/x/1"
+    assert response.headers["x-count"] == "3"
+
+
+def test_response_info_content_type_replaces_text_plain_whatever_its_case() -> None:
+    response = respond(
+        CellOutput(stdout='{"hello":"world"}'),
+        info({"headers": {"content-type": "application/json"}}),
+    )
+    assert response.status_code == 200
+    assert response.headers.getlist("content-type") == ["application/json"]
+
+
+def test_response_info_list_value_repeats_the_header() -> None:
+    response = respond(
+        CellOutput(stdout="ok"), info({"headers": {"Set-Cookie": ["a=1; Path=/", "b=2"]}})
+    )
+    assert response.headers.getlist("set-cookie") == ["a=1; Path=/", "b=2"]
+
+
+def test_response_info_etag_as_kernel_gateways_test() -> None:
+    response = respond(
+        CellOutput(stdout='{"etag": true}'),
+        info({"headers": {"Content-Type": "application/json", "Etag": "1234567890"}}),
+    )
+    assert response.headers["etag"] == "1234567890"
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_drop_the_body(status: int) -> None:
+    response = respond(CellOutput(stdout="printed anyway\n"), info({"status": status}))
+    assert (response.status_code, response.body) == (status, b"")
+
+
+@pytest.mark.parametrize(
+    ("stdout", "fragment"),
+    [
+        ("not json\n", "must print one JSON object"),
+        ("", "nothing"),
+        ("[1, 2]", "not list"),
+        ('{"status": "201"}', "status must be an integer"),
+        ('{"status": true}', "status must be an integer"),
+        ('{"status": 600}', "status must be an integer"),
+        ('{"headers": ["X-A"]}', "headers must be a JSON object"),
+    ],
+)
+def test_unusable_response_info_is_a_500_json_reason(stdout: str, fragment: str) -> None:
+    response = respond(CellOutput(stdout="body"), CellOutput(stdout=stdout))
+    assert response.status_code == 500
+    body = json_body(response)
+    assert body["reason"] == "Internal Server Error"
+    assert body["message"].startswith("ResponseInfo GET /x: ")
+    assert fragment in body["message"]
+
+
+def test_response_info_error_is_500_plain_text() -> None:
+    response = respond(CellOutput(stdout="ok"), CellOutput(error=CellError("KeyError", "'a'")))
+    assert response.status_code == 500
+    assert response.body == b"Error KeyError: 'a' \n"
+    assert response.headers["content-type"] == "text/plain"
+
+
+@pytest.mark.parametrize("status", [100, 101, 199])
+def test_informational_status_is_rejected(status: int) -> None:
+    response = respond(CellOutput(stdout="body"), info({"status": status}))
+    assert response.status_code == 500
+    assert "status" in json_body(response)["message"]
+
+
+def test_header_value_with_newline_is_rejected() -> None:
+    response = respond(CellOutput(stdout="body"), info({"headers": {"X-A": "a\r\nInjected: 1"}}))
+    assert response.status_code == 500
+    assert "X-A" in json_body(response)["message"]
+
+
+# -- error_response ---------------------------------------------------------------------------
+
+
+def test_error_response_has_kernel_gateways_shape() -> None:
+    response = error_response(404, "no route for /nope", {"X-Why": "because"})
+    assert response.status_code == 404
+    assert json_body(response) == {"reason": "Not Found", "message": "no route for /nope"}
+    assert response.headers["x-why"] == "because"
