@@ -240,4 +240,4 @@ def test_sighup_reloads_a_served_notebook(tmp_path: Path) -> None:
         os.kill(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
-    assert "reloaded (SIGHUP): routes change applied" in stderr
+    assert "reloaded (SIGHUP): ~GET /hello; routes change applied" in stderr

@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from cellserve.exceptions import CellserveError, NotebookError, SeedError
 from cellserve.kernels import KernelConfig
-from cellserve.notebook import NotebookApi, parse_notebook_text
+from cellserve.notebook import Endpoint, NotebookApi, parse_notebook_text
 from cellserve.pool import KernelPool, PoolLimits
 from cellserve.routing import RouteTable
 from cellserve.settings import Settings
@@ -66,6 +66,7 @@ class ReloadResult:
     generation: int
     seconds: float
     error: str | None = None
+    details: str = ""
 
 
 def classify(old: NotebookApi, new: NotebookApi) -> Change:
@@ -77,6 +78,33 @@ def classify(old: NotebookApi, new: NotebookApi) -> Change:
     if old != new:
         return Change.DOCS
     return Change.NONE
+
+
+def describe_change(old: NotebookApi, new: NotebookApi) -> str:
+    """What differs, for the reload log: routes added/removed/edited, seed cells, kernel."""
+    parts = []
+    if (old.kernel_name, old.language) != (new.kernel_name, new.language):
+        parts.append(f"kernel {old.kernel_name} → {new.kernel_name}")
+    if old.seeds != new.seeds:
+        before = {s.source for s in old.seeds}
+        changed = [str(s.number) for s in new.seeds if s.source not in before]
+        parts.append("seed cells changed" + (f" ({', '.join(changed)})" if changed else ""))
+    old_code = {e.label: e for e in old.endpoints}
+    new_code = {e.label: e for e in new.endpoints}
+    added = [label for label in new_code if label not in old_code]
+    removed = [label for label in old_code if label not in new_code]
+    edited = [
+        label
+        for label in new_code
+        if label in old_code and _route_code_of(old_code[label]) != _route_code_of(new_code[label])
+    ]
+    for sign, labels in (("+", added), ("-", removed), ("~", edited)):
+        parts.extend(f"{sign}{label}" for label in labels)
+    return ", ".join(parts) or "docs, outputs or metadata only"
+
+
+def _route_code_of(endpoint: Endpoint) -> tuple[object, ...]:
+    return (endpoint.source, endpoint.response_info, endpoint.options)
 
 
 def _route_code(api: NotebookApi) -> tuple[object, ...]:
@@ -215,9 +243,10 @@ class NotebookService:
             try:
                 text = self.path.read_text(encoding="utf-8")
                 if text == self._text:
-                    return self._record(Change.NONE, started, trigger)
+                    return self._record(Change.NONE, started, trigger, "")
                 api = self._parse(text)
                 change = classify(old.api, api)
+                details = describe_change(old.api, api)
                 if change is Change.KERNELS:
                     pool = self._new_pool(api)
                     assert self._tg is not None
@@ -231,20 +260,28 @@ class NotebookService:
             if change is Change.KERNELS:
                 assert self._tg is not None
                 self._tg.start_soon(self._retire, old)
-            return self._record(change, started, trigger)
+            return self._record(change, started, trigger, details)
 
-    def _record(self, change: Change, started: float, trigger: str) -> ReloadResult:
-        result = ReloadResult(change, self.current.number, time.monotonic() - started)
+    def _record(self, change: Change, started: float, trigger: str, details: str) -> ReloadResult:
+        seconds = time.monotonic() - started
+        result = ReloadResult(change, self.current.number, seconds, details=details)
         self.last_error = None
         if change is not Change.NONE:
             self.last_reload = result
+            how = {
+                Change.DOCS: "docs updated, kernels untouched",
+                Change.ROUTES: "route table swapped, kernels kept",
+                Change.KERNELS: "new kernels seeded and swapped in",
+            }[change]
             logger.info(
-                "%s reloaded (%s): %s change applied as generation %d in %.2f s",
+                "%s reloaded (%s): %s; %s change applied as generation %d (%s) in %.2f s",
                 self.label,
                 trigger,
+                details,
                 change.value,
                 result.generation,
-                result.seconds,
+                how,
+                seconds,
             )
         return result
 
