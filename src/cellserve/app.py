@@ -75,13 +75,20 @@ class CellserveApp:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Start the kernels, yield while serving, stop them all on exit."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.service.run)
-            try:
-                yield
-            finally:
-                self.service.stop()
+        """Start the kernels, yield while serving, stop them all on exit.
+
+        A start-up failure is raised as itself (e.g. SeedError), not wrapped in the task
+        group's ExceptionGroup, so its message reaches the log and the 503 body.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.service.run)
+                try:
+                    yield
+                finally:
+                    self.service.stop()
+        except BaseExceptionGroup as group:
+            raise _sole_error(group) from None
 
     async def ensure_started(self) -> None:
         """Start on first use when no lifespan did (e.g. mounted without composing it)."""
@@ -105,9 +112,8 @@ class CellserveApp:
             async with self.lifespan():
                 ready.set()
                 await anyio.sleep_forever()
-        except BaseException as exc:
+        except Exception as exc:
             self._start_error = exc
-            raise
         finally:
             ready.set()
 
@@ -129,14 +135,20 @@ class CellserveApp:
         try:
             await self.ensure_started()
         except BaseException as exc:
-            await error_response(503, f"the notebook could not be started: {exc}")(
+            await error_response(503, f"{self.service.label} could not be started: {exc}")(
                 scope, receive, send
             )
             return
         with self.service.serving() as generation:
             method = scope["method"]
             response: Response | None
-            found = generation.routes.match(_route_segments(scope), method)
+            try:
+                found = generation.routes.match(_route_segments(scope), method)
+            except UnicodeDecodeError:
+                found = None
+                response = error_response(400, "the path is not valid UTF-8 once percent-decoded")
+                await response(scope, receive, send)
+                return
             if found is None:
                 response = error_response(404, f"no route for {scope['path']}")
             elif isinstance(found, MethodNotAllowed):
@@ -212,6 +224,14 @@ class CellserveApp:
 
     def sections(self, prefix: str = "") -> list[Section]:
         return [Section(prefix, self.service.current.api)] if self.service.started else []
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested single-error groups, else the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _route_segments(scope: Scope) -> list[str]:

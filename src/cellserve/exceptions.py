@@ -20,7 +20,7 @@ class NotebookError(CellserveError):
 
 
 class SeedError(CellserveError):
-    """A seed cell failed; `cell_index` is the notebook's 0-based cell index."""
+    """A seed cell failed; `cell_index` is its 1-based cell number, as shown in messages."""
 
     def __init__(self, message: str, *, cell_index: int, traceback: str) -> None:
         super().__init__(message)

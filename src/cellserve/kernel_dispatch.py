@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import io
 import sys
+import tokenize
 import traceback
 from collections.abc import Callable
 from types import CodeType
@@ -24,13 +26,21 @@ from IPython.core.error import StdinNotImplementedError
 from IPython.utils.capture import capture_output
 
 
-class _LimitedText:
-    """A stdout stand-in that keeps at most `limit` characters and remembers what it dropped."""
+class _LimitedText(io.TextIOBase):
+    """stdout for one request: keeps at most `limit` characters, remembers what it dropped.
 
-    def __init__(self, limit: int) -> None:
+    A full text stream (``encoding``, ``writelines``, ``fileno``...), so code that inspects
+    ``sys.stdout`` behaves as it does under ``execute_request``.
+    """
+
+    encoding = "UTF-8"
+
+    def __init__(self, limit: int, underlying: Any) -> None:
+        super().__init__()
         self.parts: list[str] = []
         self.room = limit
         self.truncated = False
+        self._underlying = underlying
 
     def write(self, text: str) -> int:
         if len(text) > self.room:
@@ -41,14 +51,14 @@ class _LimitedText:
             self.parts.append(text)
         return len(text)
 
-    def flush(self) -> None:
-        pass
+    def writable(self) -> bool:
+        return True
 
     def isatty(self) -> bool:
         return False
 
-    def writable(self) -> bool:
-        return True
+    def fileno(self) -> int:
+        return int(self._underlying.fileno())
 
 
 class _Compiled:
@@ -67,7 +77,7 @@ class _Compiled:
             self.syntax_error = exc
             return
         value_node: ast.Expression | None = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not _quiet(code):
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not hides_value(code):
             value_node = ast.Expression(tree.body.pop().value)
         try:
             self.body = compile(tree, filename, "exec")
@@ -78,10 +88,28 @@ class _Compiled:
             self.needs_event_loop = True
 
 
-def _quiet(code: str) -> bool:
-    """IPython hides a cell's value when its last line ends with a semicolon."""
-    lines = [line for line in code.rstrip().splitlines() if line.strip()]
-    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
+def hides_value(code: str) -> bool:
+    """IPython hides a cell's value when its last token is a semicolon (comments aside)."""
+    last = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(code).readline):
+            if token.type not in _IGNORED_TOKENS:
+                last = token
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
+_IGNORED_TOKENS = frozenset(
+    {
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.NEWLINE,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+        tokenize.ENDMARKER,
+    }
+)
 
 
 def _no_input(prompt: object = "") -> str:
@@ -90,7 +118,7 @@ def _no_input(prompt: object = "") -> str:
 
 
 def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
-    stdout = _LimitedText(limit)
+    stdout = _LimitedText(limit, sys.stdout)
     namespace = shell.user_ns
     value: Any = None
     error: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ import queue
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from cellserve.exceptions import KernelDied, KernelError, SeedError
+from cellserve.kernel_dispatch import hides_value
 from cellserve.notebook import SeedCell
 
 logger = logging.getLogger("cellserve.kernels")
@@ -60,7 +61,11 @@ class KernelConfig:
 
     @property
     def uses_dispatcher(self) -> bool:
-        return self.fast and self.language.lower() == "python"
+        return self.fast and self.is_python
+
+    @property
+    def is_python(self) -> bool:
+        return self.language.lower() == "python"
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class Kernel:
     async def start(cls, config: KernelConfig) -> Kernel:
         """Start a kernel process and wait until it answers."""
         manager = AsyncKernelManager(kernel_name=config.kernel_name)
-        extra = ["--HistoryManager.enabled=False"] if config.language.lower() == "python" else []
+        extra = ["--HistoryManager.enabled=False"] if config.is_python else []
         try:
             await manager.start_kernel(
                 env=kernel_environment(), cwd=str(config.cwd), extra_arguments=extra
@@ -240,6 +245,9 @@ class Kernel:
             self._unsupported_keys.add(key)
         code = request_assignment(self.config.language, call.request_json) + "\n" + call.source
         cell = await self._execute(code, deadline, on_stdout)
+        if cell.result is not None and self.config.is_python and hides_value(call.source):
+            # IPython checks the semicolon against its history, which requests never enter.
+            cell = replace(cell, result=None)
         info = None
         if call.response_info is not None and cell.error is None:
             info = await self._execute(call.response_info, deadline)

@@ -47,8 +47,11 @@ class RouteTable:
         return tuple(e for group in self._paths for e in group.by_verb.values())
 
     def match(self, raw_segments: Sequence[str], verb: str) -> RouteMatch | MethodNotAllowed | None:
-        """Find the route for a path given as its raw (still percent-encoded) segments."""
-        decoded = [unquote(s) for s in raw_segments]
+        """Find the route for a path given as its raw (still percent-encoded) segments.
+
+        Raises UnicodeDecodeError when a segment is not UTF-8 once percent-decoded.
+        """
+        decoded = [unquote(s, errors="strict") for s in raw_segments]
         for group in self._paths:
             params = _match_segments(group.template, decoded)
             if params is None:

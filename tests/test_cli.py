@@ -1,0 +1,261 @@
+"""``cellserve serve`` and plain ``hypercorn`` as real processes: start-up, errors, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.servers import free_port
+
+BIN = Path(sys.executable).parent
+CELLSERVE = str(BIN / "cellserve")
+HYPERCORN = str(BIN / "hypercorn")
+API_CELLS = ["x = 1", "# GET /x\nprint(x)", "# POST /echo\nprint(REQUEST)"]
+
+
+class Process:
+    """A server subprocess whose output goes to a file (a full pipe would block it)."""
+
+    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._file = log.open("wb")
+        self.popen = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, url: str, timeout: float = 120.0) -> None:
+        """Poll /_cellserve/ready until it answers 200; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                pytest.fail(f"server exited with {self.popen.returncode}:\n{self.output}")
+            try:
+                if httpx.get(url + "/_cellserve/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"server not ready after {timeout} s:\n{self.output}")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=30)
+            pytest.fail(f"process still running after {timeout} s:\n{self.output}")
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=30)
+        self._file.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Processes started by a test; killed at teardown if the test left them running."""
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.close()
+
+
+def kernel_pids(url: str) -> list[int]:
+    health = httpx.get(url + "/_cellserve/health", timeout=10).json()
+    pids = [kernel["pid"] for kernel in health["stats"]["kernels"]]
+    assert pids and all(isinstance(pid, int) for pid in pids), health
+    return pids
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """The kernel processes end (an orphan may take a moment to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in pids if is_running(pid)] == []
+
+
+def run_quick(args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a command expected to finish on its own within `timeout` seconds."""
+    return subprocess.run(
+        list(args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "120"},  # argparse wraps help to the terminal width
+    )
+
+
+def test_serve_logs_routes_and_sigterm_leaves_no_kernel(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    path = notebook(API_CELLS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "cellserve.cli", "serve", str(path)]
+    server = Process([*args, "--port", str(port), "--no-reload"], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+
+    response = httpx.get(url + "/x", timeout=30)
+    assert response.status_code == 200
+    assert response.text == "1\n"
+    assert httpx.post(url + "/echo", json={"a": 1}, timeout=30).json()["body"] == {"a": 1}
+    log = server.output
+    assert "GET /x" in log
+    assert "POST /echo" in log
+    assert url in log
+
+    pids = kernel_pids(url)
+    assert all(is_running(pid) for pid in pids)
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    assert_gone(pids)
+    assert "Traceback" not in server.output
+
+
+def test_kernel_gateway_environment_variables(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    """KG users' settings keep working: KG_SEED_URI names the notebook, KG_PORT the port."""
+    path = notebook(API_CELLS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"KG_SEED_URI": str(path), "KG_PORT": str(port)}
+    server = Process([CELLSERVE, "serve"], tmp_path / "log", env)
+    processes.append(server)
+    server.wait_ready(url)
+    assert httpx.get(url + "/x", timeout=30).text == "1\n"
+    pids = kernel_pids(url)
+    server.popen.send_signal(signal.SIGINT)
+    assert server.wait(timeout=30) == 0
+    assert_gone(pids)
+
+
+def test_sigterm_with_a_request_in_flight(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    """KG 3.0.1 ignores SIGTERM in some states; cellserve answers, exits and stops kernels."""
+    path = notebook(["import time", "# GET /sleep\ntime.sleep(600)", "# GET /x\nprint(1)"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
+    server = Process(args, tmp_path / "log", {"CELLSERVE_SHUTDOWN_GRACE": "1"})
+    processes.append(server)
+    server.wait_ready(url)
+    pids = kernel_pids(url)
+    answers: list[httpx.Response | Exception] = []
+
+    def in_flight() -> None:
+        try:
+            answers.append(httpx.get(url + "/sleep", timeout=120))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/_cellserve/health", timeout=10).json()["kernels"] != {"busy": 1}:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.05)
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert_gone(pids)
+    # The client is told (a 5xx or a closed connection), not left waiting for ever.
+    assert len(answers) == 1
+    answer = answers[0]
+    assert isinstance(answer, httpx.HTTPError) or answer.status_code >= 500
+
+
+def test_seed_cell_error_exits_quickly_naming_the_cell(notebook, tmp_path: Path) -> None:
+    pid_file = tmp_path / "kernel.pid"
+    record_pid = f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))"
+    path = notebook([record_pid, "y = 2", "1 / 0", "# GET /x\nprint(y)"])
+    result = run_quick([CELLSERVE, "serve", str(path), "--port", str(free_port()), "--no-reload"])
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "cell 3" in output
+    assert "ZeroDivisionError" in output
+    assert_gone([int(pid_file.read_text())])
+
+
+def test_notebook_without_endpoints_exits_with_message(notebook) -> None:
+    path = notebook(["x = 1", ("markdown", "# GET /not_code")], name="plain.ipynb")
+    result = run_quick([CELLSERVE, "serve", str(path), "--port", str(free_port()), "--no-reload"])
+    assert result.returncode != 0
+    assert "plain.ipynb" in result.stderr
+    assert "no endpoints" in result.stderr
+    assert "# GET /hello" in result.stderr  # says how to declare one
+
+
+def test_invalid_notebook_json_exits_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.ipynb"
+    path.write_text('{"cells": [', encoding="utf-8")
+    result = run_quick([CELLSERVE, "serve", str(path), "--port", str(free_port()), "--no-reload"])
+    assert result.returncode != 0
+    assert "broken.ipynb" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_notebook_exits_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.ipynb"
+    result = run_quick([CELLSERVE, "serve", str(path), "--port", str(free_port()), "--no-reload"])
+    assert result.returncode != 0
+    assert "absent.ipynb" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_names_environment_variables() -> None:
+    result = run_quick([CELLSERVE, "serve", "--help"])
+    assert result.returncode == 0
+    for name in ("KG_PORT", "CELLSERVE_PORT", "KG_SEED_URI", "KG_AUTH_TOKEN", "CELLSERVE_TIMEOUT"):
+        assert name in result.stdout
+
+
+def test_plain_hypercorn_serves_the_app_factory(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    path = notebook(API_CELLS)
+    assert "'" not in str(path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    target = f"cellserve:app_from_notebook('{path}')"
+    server = Process([HYPERCORN, target, "--bind", f"127.0.0.1:{port}"], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    response = httpx.get(url + "/x", timeout=30)
+    assert response.status_code == 200
+    assert response.text == "1\n"
+    pids = kernel_pids(url)
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    assert_gone(pids)

@@ -1,0 +1,108 @@
+"""The house-prices example notebook and its client, served for real from the local CSV."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cellserve import app_from_notebook
+from tests.conftest import HOUSING_CSV
+from tests.servers import ServerThread
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "house_prices"
+HOUSE = {
+    "MedInc": 8.3252,
+    "HouseAge": 41.0,
+    "AveRooms": 6.984127,
+    "AveBedrms": 1.02381,
+    "Population": 322.0,
+    "AveOccup": 2.555556,
+    "Latitude": 37.88,
+    "Longitude": -122.23,
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    if not HOUSING_CSV.is_file():
+        pytest.fail(f"the test data set is missing: {HOUSING_CSV}")
+    with pytest.MonkeyPatch.context() as patch:
+        # Kernels inherit the server's environment, so set it before they start.
+        patch.setenv("CALIFORNIA_HOUSING_CSV", str(HOUSING_CSV))
+        with ServerThread(app_from_notebook(EXAMPLE / "house_prices.ipynb")) as running:
+            yield running
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def test_housing_stats(client: httpx.Client) -> None:
+    response = client.get("/housing_stats")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    stats = response.json()
+    assert stats["total_houses"] == 20640
+    assert stats["most_imp_feature"] == "MedInc"
+    assert stats["max_value"] == 500001.0
+    assert stats["min_value"] == 14999.0
+
+
+def test_get_price(client: httpx.Client) -> None:
+    response = client.post("/get_price", json=HOUSE)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    price = response.json()["price"]
+    assert isinstance(price, float)
+    # Berkeley hills, actual median value $452,600; the data set caps values at $500,001.
+    assert 0 < price <= 500_001
+
+
+def test_get_price_is_deterministic(client: httpx.Client) -> None:
+    first = client.post("/get_price", json=HOUSE).json()
+    assert client.post("/get_price", json=HOUSE).json() == first
+
+
+def test_get_price_from_a_form(client: httpx.Client) -> None:
+    form = {name: str(value) for name, value in HOUSE.items()}
+    json_price = client.post("/get_price", json=HOUSE).json()["price"]
+    response = client.post("/get_price", data=form)
+    assert response.status_code == 200
+    assert response.json()["price"] == json_price
+
+
+def test_missing_feature_is_a_400(client: httpx.Client) -> None:
+    house = {name: value for name, value in HOUSE.items() if name != "Longitude"}
+    response = client.post("/get_price", json=house)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"error": "invalid house features", "missing": ["Longitude"]}
+
+
+def test_non_numeric_feature_is_a_400(client: httpx.Client) -> None:
+    response = client.post("/get_price", json={**HOUSE, "MedInc": "lots"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid house features", "not_numeric": ["MedInc"]}
+    # The failed request leaves the kernel able to answer the next one.
+    assert client.post("/get_price", json=HOUSE).status_code == 200
+
+
+def test_client_script(server: ServerThread) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE / "client.py"), "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /housing_stats -> 200" in result.stdout
+    assert "POST /get_price -> 200" in result.stdout
+    assert '"price"' in result.stdout
