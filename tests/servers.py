@@ -32,7 +32,9 @@ def write_notebook(
     for cell in cells:
         if isinstance(cell, tuple):
             kind, text = cell
-            maker = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_raw_cell
+            maker = (
+                nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_raw_cell
+            )
             notebook.cells.append(maker(text))
         else:
             notebook.cells.append(nbformat.v4.new_code_cell(cell))
@@ -101,7 +103,7 @@ class ServerThread:
 
         try:
             asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported by start()
+        except BaseException as exc:
             self._error = exc
 
     def start(self, timeout: float = 120.0) -> ServerThread:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -171,9 +172,15 @@ def _serve(app: Any, settings: Settings) -> int:
     try:
         _run(serve(app, config, shutdown_trigger=until_signal))
     except LifespanFailureError as exc:
-        print(f"cellserve: start-up failed: {exc}", file=sys.stderr)
+        print(f"cellserve: start-up failed: {_last_line(str(exc))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _last_line(message: str) -> str:
+    """The exception line at the end of a lifespan traceback, without its class path."""
+    lines = [line for line in message.strip().strip("'").splitlines() if line.strip()]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else message
 
 
 def _run(coroutine: Any) -> None:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import queue
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ logger = logging.getLogger("cellserve.kernels")
 _COMM_TARGET = "cellserve.dispatch"
 _POLL_SECONDS = 0.25
 _HIDDEN_ENV = ("KG_AUTH_TOKEN", "CELLSERVE_AUTH_TOKEN")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 StdoutSink = Callable[[str], Awaitable[None]]
 
@@ -198,7 +200,7 @@ class Kernel:
                 raise SeedError(
                     f"seed cell {seed.number} raised {exc.ename}: {exc.evalue}",
                     cell_index=seed.number,
-                    traceback=str(exc),
+                    traceback=_ANSI_ESCAPE.sub("", str(exc)),
                 ) from exc
             except (CellTimeoutError, TimeoutError) as exc:
                 raise SeedError(
