@@ -43,14 +43,24 @@ def write_notebook(
 
 
 def free_port() -> int:
+    """A port that was free a moment ago (for subprocess servers that bind it themselves)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _config(port: int) -> Config:
+def _bound_socket() -> tuple[int, int]:
+    """A loopback socket bound now, handed to hypercorn by fd: no race for the port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    return sock.detach(), port
+
+
+def _config(fd: int) -> Config:
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.graceful_timeout = 5
     return config
@@ -59,10 +69,10 @@ def _config(port: int) -> Config:
 @contextlib.asynccontextmanager
 async def serving(app: Any, *, ready_path: str = "/_cellserve/ready") -> AsyncIterator[str]:
     """Serve `app` with hypercorn in this event loop; yield its base URL."""
-    port = free_port()
+    fd, port = _bound_socket()
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: serve(app, _config(port), shutdown_trigger=stop.wait))
+        tg.start_soon(lambda: serve(app, _config(fd), shutdown_trigger=stop.wait))
         url = f"http://127.0.0.1:{port}"
         await _wait_until_listening(port)
         try:
@@ -88,7 +98,7 @@ class ServerThread:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.port = free_port()
+        self._fd, self.port = _bound_socket()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -99,7 +109,7 @@ class ServerThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(self.app, _config(self.port), shutdown_trigger=self._stop.wait)
+            await serve(self.app, _config(self._fd), shutdown_trigger=self._stop.wait)
 
         try:
             asyncio.run(main())

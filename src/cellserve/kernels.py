@@ -170,16 +170,24 @@ class Kernel:
             await manager.start_kernel(
                 env=kernel_environment(), cwd=str(config.cwd), extra_arguments=extra
             )
-        except Exception as exc:
-            raise KernelError(f"cannot start kernel {config.kernel_name!r}: {exc}") from exc
+        except BaseException as exc:
+            # Cancelled or failed half-way: a process may exist already; never leave it behind.
+            with anyio.CancelScope(shield=True):
+                if manager.has_kernel:
+                    await manager.shutdown_kernel(now=True)
+            if isinstance(exc, Exception):
+                raise KernelError(f"cannot start kernel {config.kernel_name!r}: {exc}") from exc
+            raise
         client = manager.client()
         client.start_channels()
         kernel = cls(manager, client, config)
         try:
             await client.wait_for_ready(timeout=config.startup_timeout)
-        except (RuntimeError, TimeoutError) as exc:
+        except BaseException as exc:
             await kernel.shutdown()
-            raise KernelError(f"kernel {config.kernel_name!r} did not start: {exc}") from exc
+            if isinstance(exc, (RuntimeError, TimeoutError)):
+                raise KernelError(f"kernel {config.kernel_name!r} did not start: {exc}") from exc
+            raise
         return kernel
 
     async def is_alive(self) -> bool:

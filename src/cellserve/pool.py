@@ -104,6 +104,7 @@ class _Slot:
 class _Waiter:
     assigned: anyio.Event = field(default_factory=anyio.Event)
     kernel_id: str | None = None
+    refused: bool = False
 
 
 class KernelPool:
@@ -188,13 +189,16 @@ class KernelPool:
                     return
                 first = False
                 await self._serve_with(slot, kernel)
+                if self._closing.is_set():
+                    return
                 slot.restarts += 1
                 slot.state = KernelState.RESTARTING
         finally:
             with anyio.CancelScope(shield=True):
                 if slot.kernel is not None:
                     await self._retire(slot)
-                slot.state = KernelState.STOPPED
+                if slot.state != KernelState.FAILED:
+                    slot.state = KernelState.STOPPED
 
     async def _start_kernel(self, slot: _Slot, first: bool) -> Kernel | None:
         """A started and seeded kernel, or None once the slot has given up."""
@@ -209,6 +213,9 @@ class KernelPool:
                 except (SeedError, KernelError) as exc:
                     await kernel.shutdown()
                     error = exc
+                except BaseException:
+                    await kernel.shutdown()  # cancelled while seeding: the pool is closing
+                    raise
                 else:
                     slot.failures = 0
                     return kernel
@@ -230,9 +237,16 @@ class KernelPool:
                 )
                 if all(s.state == KernelState.FAILED for s in self._slots):
                     self._fail_startup(error)
+                    self._refuse_waiters()
                 return None
             logger.warning("%s kernel slot %d: %s; retrying", self.label, slot.index, error)
             await anyio.sleep(min(0.5 * 2**slot.failures, 10))
+
+    def _refuse_waiters(self) -> None:
+        """No kernel will ever come: answer everyone still queued now, not at their timeout."""
+        for waiter in self._scheduler.drain():
+            waiter.refused = True
+            waiter.assigned.set()
 
     def _fail_startup(self, error: CellserveError) -> None:
         if not self._settled.is_set():
@@ -365,6 +379,9 @@ class KernelPool:
         except BaseException:
             self._give_up(waiter)
             raise
+        if waiter.refused:
+            self._rejected += 1
+            raise Unavailable("no kernel is available: every kernel failed to start", 30)
         if waiter.kernel_id is None:
             self._give_up(waiter)
             self._rejected += 1

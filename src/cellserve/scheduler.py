@@ -72,6 +72,12 @@ class Scheduler(Generic[K, W]):
         if kernel in self._free:
             self._free.remove(kernel)
 
+    def drain(self) -> list[W]:
+        """Empty the queue (no kernel will come); the caller answers each waiter."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        return waiting
+
     def withdraw(self, waiter: W) -> bool:
         """Take `waiter` out of the queue; False if it was already given a kernel."""
         try:
