@@ -259,3 +259,24 @@ def test_plain_hypercorn_serves_the_app_factory(
     server.popen.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
     assert_gone(pids)
+
+
+def test_several_notebooks_each_under_its_stem(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    first = notebook(["N = 1", "# GET /n\nprint(N)"], name="first.ipynb")
+    second = notebook(["N = 2", "# GET /n\nprint(N)"], name="second.ipynb")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "cellserve.cli", "serve", str(first), str(second)]
+    server = Process([*args, "--port", str(port), "--no-reload"], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    assert httpx.get(url + "/first/n").text == "1\n"
+    assert httpx.get(url + "/second/n").text == "2\n"
+    health = httpx.get(url + "/_cellserve/health").json()
+    pids = [k["pid"] for nb in health["notebooks"].values() for k in nb["stats"]["kernels"]]
+    assert len(pids) == 2
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    assert_gone(pids)

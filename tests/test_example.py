@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,3 +107,16 @@ def test_client_script(server: ServerThread) -> None:
     assert "GET /housing_stats -> 200" in result.stdout
     assert "POST /get_price -> 200" in result.stdout
     assert '"price"' in result.stdout
+
+
+def test_plot_example_answers_a_png_and_an_html_table() -> None:
+    from PIL import Image
+
+    plot = Path(__file__).resolve().parents[1] / "examples" / "plot" / "plot.ipynb"
+    with ServerThread(app_from_notebook(plot)) as running:
+        image = httpx.get(running.url + "/histogram", params={"seed": "3"}, timeout=60)
+        assert image.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(image.content)).size == (600, 400)
+        table = httpx.get(running.url + "/summary", timeout=60)
+        assert table.headers["content-type"].startswith("text/html")
+        assert "<table" in table.text

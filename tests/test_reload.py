@@ -59,6 +59,8 @@ async def test_endpoint_edit_swaps_code_and_keeps_kernels(tmp_path: Path) -> Non
         assert after["generation"] > before["generation"]
         assert after["last_reload"]["change"] == "routes"
         assert (await client.get("/added")).text == "new route\n"
+        spec = (await client.get("/openapi.json")).json()
+        assert set(spec["paths"]) == {"/hello", "/added"}
         gone = await client.get("/gone")
         assert gone.status_code == 404
         assert gone.json()["reason"] == "Not Found"

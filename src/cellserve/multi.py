@@ -60,10 +60,17 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         for prefix, path in notebook_prefixes(notebooks).items()
     }
 
-    async def health(_: Request) -> Response:
+    def status() -> tuple[bool, dict[str, Any]]:
         notebooks = {prefix: state.health() for prefix, state in states.items()}
         ok = all(state.is_ready() for state in states.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "notebooks": notebooks})
+        return ok, {"status": "ok" if ok else "degraded", "notebooks": notebooks}
+
+    async def health(_: Request) -> Response:
+        return JSONResponse(status()[1])
+
+    async def ready(_: Request) -> Response:
+        ok, body = status()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def openapi(request: Request) -> Response:
         sections = [s for prefix, state in states.items() for s in state.sections(f"/{prefix}")]
@@ -82,6 +89,7 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
 
     routes: list[BaseRoute] = [
         Route(f"{ADMIN}/health", health),
+        Route(f"{ADMIN}/ready", ready),
         Route(f"{ADMIN}/openapi.json", openapi),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
