@@ -41,10 +41,10 @@ from cellserve.exceptions import CellserveError
 from cellserve.kernels import CellCall
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
 from cellserve.pool import ExecutionTimeout, KernelState, Unavailable
-from cellserve.reload import NotebookService
+from cellserve.reload import Generation, NotebookService
 from cellserve.request import BadRequest, RequestParts, build_request_json
 from cellserve.response import build_response, error_response
-from cellserve.routing import MethodNotAllowed, split_raw_path
+from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
 from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
 
@@ -134,38 +134,37 @@ class CellserveApp:
             return
         try:
             await self.ensure_started()
-        except BaseException as exc:
-            await error_response(503, f"{self.service.label} could not be started: {exc}")(
-                scope, receive, send
-            )
+        except Exception as exc:
+            response = error_response(503, f"{self.service.label} could not be started: {exc}")
+            await response(scope, receive, send)
             return
         with self.service.serving() as generation:
-            method = scope["method"]
-            response: Response | None
-            try:
-                found = generation.routes.match(_route_segments(scope), method)
-            except UnicodeDecodeError:
-                found = None
-                response = error_response(400, "the path is not valid UTF-8 once percent-decoded")
-                await response(scope, receive, send)
-                return
-            if found is None:
-                response = error_response(404, f"no route for {scope['path']}")
-            elif isinstance(found, MethodNotAllowed):
-                allow = ", ".join((*found.allowed, "OPTIONS"))
-                if method == "OPTIONS":
-                    response = Response(status_code=200, headers={"Allow": allow})
-                else:
-                    response = error_response(
-                        405, f"{scope['path']} does not accept {method}", {"Allow": allow}
-                    )
-            else:
-                response = await self._run_endpoint(scope, receive, send, generation, found)
-            if response is not None:
-                await response(scope, receive, send)
+            answer = await self._respond(scope, receive, send, generation)
+            if answer is not None:
+                await answer(scope, receive, send)
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, generation: Generation
+    ) -> Response | None:
+        """The response to send, or None when it was streamed or the client left."""
+        method = scope["method"]
+        try:
+            found = generation.routes.match(_route_segments(scope), method)
+        except UnicodeDecodeError:
+            return error_response(400, "the path is not valid UTF-8 once percent-decoded")
+        if found is None:
+            return error_response(404, f"no route for {scope['path']}")
+        if isinstance(found, MethodNotAllowed):
+            allow = ", ".join((*found.allowed, "OPTIONS"))
+            if method == "OPTIONS":
+                return Response(status_code=200, headers={"Allow": allow})
+            return error_response(
+                405, f"{scope['path']} does not accept {method}", {"Allow": allow}
+            )
+        return await self._run_endpoint(scope, receive, send, generation, found)
 
     async def _run_endpoint(
-        self, scope: Scope, receive: Receive, send: Send, generation: Any, found: Any
+        self, scope: Scope, receive: Receive, send: Send, generation: Generation, found: RouteMatch
     ) -> Response | None:
         endpoint = found.endpoint
         try:
