@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,18 @@ import nbformat
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+Cell = str | tuple[str, str]
 
-def write_notebook(
-    path: Path,
-    cells: Sequence[str | tuple[str, str]],
-    *,
-    kernel: str = "python3",
-    language: str = "python",
-) -> Path:
-    """Cells are code sources, or ``("markdown", text)`` / ``("raw", text)`` pairs."""
+
+def notebook_text(cells: Sequence[Cell], metadata: Mapping[str, Any] | None = None) -> str:
+    """Notebook JSON: cells are code sources, or ``("markdown", text)`` / ``("raw", text)``."""
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": kernel, "language": language, "display_name": kernel}
-    notebook.metadata["language_info"] = {"name": language}
+    if metadata is None:
+        metadata = {
+            "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+            "language_info": {"name": "python"},
+        }
+    notebook.metadata.update(metadata)
     for cell in cells:
         if isinstance(cell, tuple):
             kind, text = cell
@@ -38,7 +38,18 @@ def write_notebook(
             notebook.cells.append(maker(text))
         else:
             notebook.cells.append(nbformat.v4.new_code_cell(cell))
-    nbformat.write(notebook, path)
+    return str(nbformat.writes(notebook))
+
+
+def write_notebook(
+    path: Path, cells: Sequence[Cell], *, kernel: str = "python3", language: str = "python"
+) -> Path:
+    """Write a notebook for `kernel` / `language` to `path`."""
+    metadata = {
+        "kernelspec": {"name": kernel, "language": language, "display_name": kernel},
+        "language_info": {"name": language},
+    }
+    path.write_text(notebook_text(cells, metadata), encoding="utf-8")
     return path
 
 

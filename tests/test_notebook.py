@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +19,7 @@ from cellserve.notebook import (
     load_notebook,
     parse_notebook_text,
 )
-
-Cell = str | tuple[str, str]
-
-
-def notebook_text(cells: Sequence[Cell], metadata: Mapping[str, Any] | None = None) -> str:
-    """Notebook JSON built with nbformat.v4: code sources, or ``("markdown", text)`` pairs."""
-    notebook = nbformat.v4.new_notebook()
-    if metadata is None:
-        metadata = {
-            "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
-            "language_info": {"name": "python"},
-        }
-    notebook.metadata.update(metadata)
-    for cell in cells:
-        if isinstance(cell, tuple):
-            kind, text = cell
-            maker = (
-                nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_raw_cell
-            )
-            notebook.cells.append(maker(text))
-        else:
-            notebook.cells.append(nbformat.v4.new_code_cell(cell))
-    return str(nbformat.writes(notebook))
+from tests.servers import Cell, notebook_text
 
 
 def parse(cells: Sequence[Cell], name: str = "api.ipynb", **kwargs: Any) -> NotebookApi:
