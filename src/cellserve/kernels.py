@@ -14,6 +14,7 @@ request reaches the disk. Messages are turned into ``CellOutput`` here and nowhe
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from typing import Any
 
 import anyio
 import nbformat
+import zmq
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -101,6 +103,15 @@ class CellCall:
     request_json: str
     response_info: str | None = None
     stream: bool = False
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A call handed to a kernel: `msg_id` is set when it went out on the fast path."""
+
+    call: CellCall
+    key: str
+    msg_id: str | None
 
 
 @dataclass
@@ -241,14 +252,25 @@ class Kernel:
         self._comm_id = uuid.uuid4().hex
         self._send("comm_open", {"comm_id": self._comm_id, "target_name": _COMM_TARGET, "data": {}})
 
-    async def run(
-        self, call: CellCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
-    ) -> CellOutcome:
-        """Run one request; raise TimeoutError past `timeout`, KernelDied if the process exits."""
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
+    def begin(self, call: CellCall) -> PendingCall:
+        """Send `call` now if it takes the fast path; ``finish`` collects the answer.
+
+        Split from ``finish`` so that the pool can hand a freed kernel its next request
+        without waiting for the requesting task to be scheduled.
+        """
         key = _code_key(call.source)
-        if self._comm_id is not None and not call.stream and key not in self._unsupported_keys:
-            answer = await self._dispatch(call, key, deadline)
+        if self._comm_id is None or call.stream or key in self._unsupported_keys:
+            return PendingCall(call, key, None)
+        return PendingCall(call, key, self._send_dispatch(call, key, with_code=False))
+
+    async def finish(
+        self, pending: PendingCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
+    ) -> CellOutcome:
+        """The answer to a begun call; TimeoutError past `timeout`, KernelDied if it exits."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        call, key = pending.call, pending.key
+        if pending.msg_id is not None:
+            answer = await self._dispatch_answer(pending, deadline)
             if answer is not None:
                 return answer
             self._unsupported_keys.add(key)
@@ -262,23 +284,36 @@ class Kernel:
             info = await self._execute(call.response_info, deadline)
         return CellOutcome(cell, info)
 
-    async def _dispatch(self, call: CellCall, key: str, deadline: float) -> CellOutcome | None:
-        info_key = _code_key(call.response_info) if call.response_info is not None else None
-        data: dict[str, Any] = {"key": key, "info_key": info_key, "request": call.request_json}
-        for attempt in range(2):
-            if key not in self._known_keys or attempt:
-                data["code"] = call.source
-            if info_key is not None and (info_key not in self._known_keys or attempt):
+    async def run(
+        self, call: CellCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
+    ) -> CellOutcome:
+        """Run one request: ``begin`` then ``finish``."""
+        return await self.finish(self.begin(call), timeout=timeout, on_stdout=on_stdout)
+
+    def _send_dispatch(self, call: CellCall, key: str, *, with_code: bool) -> str:
+        """One comm message to the dispatcher; route code rides along when it may be unknown."""
+        data: dict[str, Any] = {"key": key, "info_key": None, "request": call.request_json}
+        if with_code or key not in self._known_keys:
+            data["code"] = call.source
+        if call.response_info is not None:
+            info_key = _code_key(call.response_info)
+            data["info_key"] = info_key
+            if with_code or info_key not in self._known_keys:
                 data["info_code"] = call.response_info
-            msg_id = self._send("comm_msg", {"comm_id": self._comm_id, "data": data})
+        return self._send("comm_msg", {"comm_id": self._comm_id, "data": data})
+
+    async def _dispatch_answer(self, pending: PendingCall, deadline: float) -> CellOutcome | None:
+        """The dispatcher's answer, or None when the route needs execute_request instead."""
+        msg_id = pending.msg_id
+        for attempt in range(2):
             while True:
                 msg = await self._next_iopub(deadline, skip_status=True)
                 if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "comm_msg":
                     break
             answer = msg["content"]["data"]
-            self._known_keys.add(key)
-            if info_key is not None:
-                self._known_keys.add(info_key)
+            self._known_keys.add(pending.key)
+            if pending.call.response_info is not None:
+                self._known_keys.add(_code_key(pending.call.response_info))
             if answer["status"] == "ok":
                 info = answer["info"]
                 return CellOutcome(
@@ -287,6 +322,8 @@ class Kernel:
                 )
             if answer["status"] == "unsupported":
                 return None
+            if attempt == 0:  # "missing": the kernel lost the code; send it along this time
+                msg_id = self._send_dispatch(pending.call, pending.key, with_code=True)
         raise KernelError("the dispatcher lost the route's code twice")
 
     async def _execute(
@@ -344,11 +381,15 @@ class Kernel:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            if not await channel.socket.poll(1000 * min(_POLL_SECONDS, remaining)):
+            try:
+                # One zmq future per message; cancelled (message left queued) on timeout.
+                frames = await asyncio.wait_for(
+                    channel.socket.recv_multipart(), min(_POLL_SECONDS, remaining)
+                )
+            except TimeoutError:
                 if not await self.is_alive():
-                    raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited")
+                    raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
                 continue
-            frames = await channel.socket.recv_multipart()
             if skip_status and frames[0].endswith(b".status"):
                 continue
             _, message = session.feed_identities(frames)
@@ -357,7 +398,10 @@ class Kernel:
 
     def _send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self._client.session.msg(msg_type, content)
-        self._client.shell_channel.send(msg)
+        try:
+            self._client.shell_channel.send(msg)
+        except zmq.ZMQError as exc:
+            raise KernelError(f"cannot send to kernel {self.id}: {exc}") from exc
         return str(msg["header"]["msg_id"])
 
     async def interrupt(self, grace: float) -> bool:

@@ -10,6 +10,7 @@ kernel that ran it, as in Kernel Gateway.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from cellserve.exceptions import CellserveError, KernelDied, KernelError, SeedError
-from cellserve.kernels import CellCall, CellOutcome, Kernel, KernelConfig, StdoutSink
+from cellserve.kernels import CellCall, CellOutcome, Kernel, KernelConfig, PendingCall, StdoutSink
 from cellserve.notebook import SeedCell
 from cellserve.scheduler import QueueFull, Scheduler
 
@@ -102,8 +103,10 @@ class _Slot:
 
 @dataclass(eq=False)
 class _Waiter:
+    call: CellCall
     assigned: anyio.Event = field(default_factory=anyio.Event)
     kernel_id: str | None = None
+    pending: PendingCall | None = None
     refused: bool = False
 
 
@@ -293,10 +296,12 @@ class KernelPool:
         `disconnected`, if given, returns when the client goes away; a request still queued
         then leaves the queue.
         """
-        slot, kernel = await self._acquire(disconnected)
+        slot, kernel, pending = await self._acquire(call, disconnected)
         timeout = timeout if timeout is not None else self.limits.timeout
         try:
-            outcome = await kernel.run(call, timeout=timeout, on_stdout=on_stdout)
+            if pending is None:
+                pending = kernel.begin(call)
+            outcome = await kernel.finish(pending, timeout=timeout, on_stdout=on_stdout)
         except TimeoutError:
             self._timeouts += 1
             await self._recover(slot, kernel, f"a request ran past {timeout} s")
@@ -338,13 +343,14 @@ class KernelPool:
                 self._kernel_lost(slot, kernel, f"kernel ignored an interrupt after {why}")
 
     async def _acquire(
-        self, disconnected: Callable[[], Awaitable[None]] | None
-    ) -> tuple[_Slot, Kernel]:
+        self, call: CellCall, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> tuple[_Slot, Kernel, PendingCall | None]:
+        """A kernel for `call`, and the call itself if the kernel's hand-over already sent it."""
         if self._closing.is_set():
             raise Unavailable("the server is shutting down")
         if all(s.state == KernelState.FAILED for s in self._slots):
             raise Unavailable("no kernel is available: every kernel failed to start", 30)
-        waiter = _Waiter()
+        waiter = _Waiter(call)
         try:
             kernel_id = self._scheduler.submit(waiter)
         except QueueFull:
@@ -357,7 +363,7 @@ class KernelPool:
         slot = self._kernels[kernel_id]
         assert slot.kernel is not None
         slot.state = KernelState.BUSY
-        return slot, slot.kernel
+        return slot, slot.kernel, waiter.pending
 
     async def _wait_turn(
         self, waiter: _Waiter, disconnected: Callable[[], Awaitable[None]] | None
@@ -377,22 +383,31 @@ class KernelPool:
                         await waiter.assigned.wait()
                         tg.cancel_scope.cancel()
         except BaseException:
-            self._give_up(waiter)
+            await self._give_up(waiter)
             raise
         if waiter.refused:
             self._rejected += 1
             raise Unavailable("no kernel is available: every kernel failed to start", 30)
         if waiter.kernel_id is None:
-            self._give_up(waiter)
+            await self._give_up(waiter)
             self._rejected += 1
             raise Unavailable(
                 f"no kernel became free within the queue timeout ({self.limits.queue_timeout} s)"
             )
         return waiter.kernel_id
 
-    def _give_up(self, waiter: _Waiter) -> None:
-        """Leave the queue; a kernel handed over in the same instant goes straight back."""
-        if not self._scheduler.withdraw(waiter) and waiter.kernel_id is not None:
+    async def _give_up(self, waiter: _Waiter) -> None:
+        """Leave the queue; a kernel handed over in the same instant goes straight back.
+
+        If the hand-over already sent the call, the kernel is running it: interrupt it first.
+        """
+        if self._scheduler.withdraw(waiter) or waiter.kernel_id is None:
+            return
+        slot = self._kernels.get(waiter.kernel_id)
+        sent = waiter.pending is not None and waiter.pending.msg_id is not None
+        if sent and slot is not None and slot.kernel is not None:
+            await self._recover(slot, slot.kernel, "its queued request was abandoned")
+        else:
             self._release(waiter.kernel_id)
 
     def _release(self, kernel_id: str) -> None:
@@ -405,9 +420,15 @@ class KernelPool:
     def _hand_out(self, kernel_id: str) -> None:
         waiter = self._scheduler.release(kernel_id)
         if waiter is not None:
+            slot = self._kernels[kernel_id]
             waiter.kernel_id = kernel_id
+            if slot.kernel is not None:
+                # Send the next request right away: the kernel should not sit idle until
+                # the waiting task gets its turn on the event loop.
+                with contextlib.suppress(KernelError):
+                    waiter.pending = slot.kernel.begin(waiter.call)
             waiter.assigned.set()
-            self._kernels[kernel_id].state = KernelState.BUSY
+            slot.state = KernelState.BUSY
         if self._scheduler.is_quiet:
             self._quiet.set()
 
