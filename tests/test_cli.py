@@ -274,6 +274,15 @@ def test_several_notebooks_each_under_its_stem(
     server.wait_ready(url)
     assert httpx.get(url + "/first/n").text == "1\n"
     assert httpx.get(url + "/second/n").text == "2\n"
+
+    # One SIGHUP reloads every notebook.
+    notebook(["N = 1", "# GET /n\nprint(N + 10)"], name="first.ipynb")
+    notebook(["N = 2", "# GET /n\nprint(N + 20)"], name="second.ipynb")
+    server.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/first/n").text != "11\n" or httpx.get(url + "/second/n").text != "22\n":
+        assert time.monotonic() < deadline, "SIGHUP did not reload both notebooks"
+        time.sleep(0.1)
     health = httpx.get(url + "/_cellserve/health").json()
     pids = [k["pid"] for nb in health["notebooks"].values() for k in nb["stats"]["kernels"]]
     assert len(pids) == 2

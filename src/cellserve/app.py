@@ -41,7 +41,7 @@ from cellserve.exceptions import CellserveError
 from cellserve.kernels import CellCall
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
 from cellserve.pool import ExecutionTimeout, KernelState, Unavailable
-from cellserve.reload import Generation, NotebookService
+from cellserve.reload import Generation, NotebookService, reload_on_sighup
 from cellserve.request import BadRequest, RequestParts, build_request_json
 from cellserve.response import build_response, error_response
 from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
@@ -64,8 +64,16 @@ class _BodyTooLarge(Exception):
 class CellserveApp:
     """State behind one notebook's Starlette app; reachable as ``app.state.cellserve``."""
 
-    def __init__(self, path: Path, settings: Settings, *, label: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        settings: Settings,
+        *,
+        label: str | None = None,
+        handles_sighup: bool = True,
+    ) -> None:
         self.settings = settings
+        self.handles_sighup = handles_sighup
         self.service = NotebookService(path, settings, label=label)
         self._start_lock = anyio.Lock()
         self._detached: asyncio.Task[None] | None = None
@@ -80,12 +88,16 @@ class CellserveApp:
         A start-up failure is raised as itself (e.g. SeedError), not wrapped in the task
         group's ExceptionGroup, so its message reaches the log and the 503 body.
         """
+        stop = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.service.run)
+                if self.handles_sighup:
+                    tg.start_soon(reload_on_sighup, [self.service], stop)
                 try:
                     yield
                 finally:
+                    stop.set()
                     self.service.stop()
         except BaseExceptionGroup as group:
             raise _sole_error(group) from None

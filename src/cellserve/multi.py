@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +25,7 @@ from cellserve.app import ADMIN, CellserveApp, build_app, middleware_for, not_fo
 from cellserve.docs import docs_assets, docs_page
 from cellserve.exceptions import SettingsError
 from cellserve.openapi import openapi_document
+from cellserve.reload import reload_on_sighup
 from cellserve.settings import Settings
 
 NotebookPaths = Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]]
@@ -56,7 +58,7 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
     settings = Settings.load(**options)
     part_settings = settings.with_changes(base_url="/")
     states = {
-        prefix: CellserveApp(path, part_settings, label=prefix)
+        prefix: CellserveApp(path, part_settings, label=prefix, handles_sighup=False)
         for prefix, path in notebook_prefixes(notebooks).items()
     }
 
@@ -105,7 +107,14 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         async with AsyncExitStack() as stack:
             for state in states.values():
                 await stack.enter_async_context(state.lifespan())
-            yield
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                services = [state.service for state in states.values()]
+                tg.start_soon(reload_on_sighup, services, stop)
+                try:
+                    yield
+                finally:
+                    stop.set()
 
     if settings.mount_prefix:
         routes = [Mount(settings.mount_prefix, routes=routes)]

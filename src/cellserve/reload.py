@@ -20,7 +20,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -179,8 +179,6 @@ class NotebookService:
             )
             if self.settings.reload:
                 tg.start_soon(self._watch)
-            if threading.current_thread() is threading.main_thread():
-                tg.start_soon(self._reload_on_sighup)
             task_status.started()
             await self._stop.wait()
             tg.cancel_scope.cancel()
@@ -323,7 +321,24 @@ class NotebookService:
         ):
             await self.reload("file changed")
 
-    async def _reload_on_sighup(self) -> None:
+
+async def reload_on_sighup(services: Sequence[NotebookService], stop: anyio.Event) -> None:
+    """Reload every one of `services` on SIGHUP, until `stop` is set.
+
+    One receiver per process: a second handler for the same signal would replace the first.
+    Signals reach only the main thread, so elsewhere this just waits for `stop`.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        await stop.wait()
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_when_stopped() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_when_stopped)
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
-                await self.reload("SIGHUP")
+                for service in services:
+                    await service.reload("SIGHUP")
