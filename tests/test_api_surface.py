@@ -123,6 +123,11 @@ def test_preflight_needs_no_token_and_honours_cors(secured: ServerThread) -> Non
     assert "access-control-allow-origin" not in denied.headers
 
 
+def test_plain_options_is_not_a_way_around_the_token(secured: ServerThread) -> None:
+    for path in ("/hello", "/openapi.json", "/docs"):
+        assert httpx.options(secured.url + path).status_code == 401
+
+
 def test_cors_headers_on_simple_requests(secured: ServerThread) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     good = httpx.get(secured.url + "/hello", headers={**auth, "Origin": "https://good.example"})

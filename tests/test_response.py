@@ -246,6 +246,13 @@ def test_header_value_with_newline_is_rejected() -> None:
     assert "X-A" in json_body(response)["message"]
 
 
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection"])
+def test_framing_headers_are_the_servers(name: str) -> None:
+    response = respond(CellOutput(stdout="body"), info({"headers": {name: "5"}}))
+    assert response.status_code == 500
+    assert "set by the server" in json_body(response)["message"]
+
+
 # -- error_response ---------------------------------------------------------------------------
 
 

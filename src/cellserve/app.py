@@ -386,7 +386,8 @@ class _Alias:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.state.ensure_started()
-        if self.state.service.current.routes.match(self.segments, scope["method"]) is not None:
+        found = self.state.service.current.routes.match(self.segments, scope["method"])
+        if isinstance(found, RouteMatch) or scope["method"] not in ("GET", "HEAD"):
             await self.state.dispatch(scope, receive, send)
         else:
             response = await self.endpoint(Request(scope, receive))

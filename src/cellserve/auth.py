@@ -1,7 +1,8 @@
 """Token auth in front of every route: notebook routes, 404s, docs, static files, admin.
 
 Accepted as ``Authorization: token X``, ``Authorization: Bearer X`` or ``?token=X``, compared
-in constant time. CORS preflights (``OPTIONS``) pass without a token, as in Kernel Gateway.
+in constant time. CORS preflights (``OPTIONS`` with ``Origin`` and
+``Access-Control-Request-Method``) pass without a token; any other request needs it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class TokenAuthMiddleware:
         self._token = token.encode("utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or self._authorized(scope):
+        if scope["type"] != "http" or _is_preflight(scope) or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(
@@ -36,6 +37,14 @@ class TokenAuthMiddleware:
             # Compare every candidate, so timing says nothing about which one was close.
             ok |= hmac.compare_digest(candidate, self._token)
         return ok
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method."""
+    if scope["method"] != "OPTIONS":
+        return False
+    names = {name for name, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names
 
 
 def _offered_tokens(scope: Scope) -> list[bytes]:

@@ -1,6 +1,7 @@
 """The dispatcher that runs *inside* a Python kernel: cellserve's fast execution path.
 
-The server never imports this module; it sends its source to each IPython kernel once, after
+The server sends this module's source to each IPython kernel once (and itself uses only
+``hides_value``, so both paths agree on trailing semicolons), after
 the seed cells. ``install`` registers a comm target. Each request is then one ``comm_msg``
 carrying the ``REQUEST`` string and a key naming the route's code (the code itself rides
 along the first time a kernel sees that key). The dispatcher runs the route's code, compiled
@@ -158,6 +159,15 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
     }
 
 
+def _failure(exc: BaseException) -> dict[str, Any]:
+    error = {
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    return {"stdout": "", "truncated": False, "result": None, "displays": [], "error": error}
+
+
 def install(shell: Any, target_name: str, limit: int) -> None:
     """Register the comm target `target_name` on `shell`'s kernel."""
     cache: dict[str, _Compiled] = {}
@@ -182,7 +192,11 @@ def install(shell: Any, target_name: str, limit: int) -> None:
 
     def on_open(comm: Any, _open_msg: Any) -> None:
         def on_msg(msg: dict[str, Any]) -> None:
-            comm.send(handle(msg["content"]["data"]))
+            try:
+                answer = handle(msg["content"]["data"])
+            except Exception as exc:  # a dispatcher fault still answers, as a cell error
+                answer = {"status": "ok", "cell": _failure(exc), "info": None}
+            comm.send(answer)
 
         comm.on_msg(on_msg)
 

@@ -146,10 +146,11 @@ def request_assignment(language: str, request_json: str) -> str:
         return "REQUEST='" + request_json.replace("'", "'\\''") + "'"
     if lang == "perl":
         return "my $REQUEST = '" + request_json.replace("\\", "\\\\").replace("'", "\\'") + "';"
-    # A JSON string literal, ASCII only, with interpolation sigils escaped, is a valid and
-    # inert string literal in Python, R, Julia, Scala and most C-like languages.
+    # A JSON string literal, ASCII only, with the interpolation sigils of Julia, Scala, Ruby,
+    # Perl-like and shell-like languages escaped, is a valid and inert string literal in
+    # Python, R, Julia, Scala, Ruby and C-like languages.
     literal = json.dumps(request_json)
-    for sigil in "$@`":
+    for sigil in "$@`#":
         literal = literal.replace(sigil, f"\\u{ord(sigil):04x}")
     return f"REQUEST = {literal}"
 
@@ -195,7 +196,7 @@ class Kernel:
             await client.wait_for_ready(timeout=config.startup_timeout)
         except BaseException as exc:
             await kernel.shutdown()
-            if isinstance(exc, (RuntimeError, TimeoutError)):
+            if isinstance(exc, Exception):
                 raise KernelError(f"kernel {config.kernel_name!r} did not start: {exc}") from exc
             raise
         return kernel
@@ -283,12 +284,6 @@ class Kernel:
         if call.response_info is not None and cell.error is None:
             info = await self._execute(call.response_info, deadline)
         return CellOutcome(cell, info)
-
-    async def run(
-        self, call: CellCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
-    ) -> CellOutcome:
-        """Run one request: ``begin`` then ``finish``."""
-        return await self.finish(self.begin(call), timeout=timeout, on_stdout=on_stdout)
 
     def _send_dispatch(self, call: CellCall, key: str, *, with_code: bool) -> str:
         """One comm message to the dispatcher; route code rides along when it may be unknown."""
@@ -411,10 +406,10 @@ class Kernel:
         except Exception as exc:
             logger.warning("interrupting kernel %s failed: %s", self.id, exc)
             return False
-        msg_id = self._send("kernel_info_request", {})
         try:
+            msg_id = self._send("kernel_info_request", {})
             await self._drain_shell_reply(msg_id, time.monotonic() + grace)
-        except (TimeoutError, KernelDied):
+        except Exception:
             return False
         return True
 
@@ -430,8 +425,9 @@ class Kernel:
                     await self._manager.shutdown_kernel(now=True)
             except Exception:
                 logger.debug("shutting down kernel %s failed", self.id, exc_info=True)
-            if await self._manager.is_alive():
-                await self._manager.kill_kernel()
+            with anyio.move_on_after(10):
+                if await self._manager.is_alive():
+                    await self._manager.kill_kernel()
 
 
 def _code_key(source: str) -> str:

@@ -138,6 +138,8 @@ class KernelPool:
         self._timeouts = 0
         self._crashes = 0
         self._rejected = 0
+        self._pinned = 0
+        self._unpinned = anyio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -167,11 +169,27 @@ class KernelPool:
                     await self._closing.wait()
                     with anyio.move_on_after(self.limits.shutdown_grace):
                         await self._wait_quiet()
+                    self._refuse_waiters()
                 tg.cancel_scope.cancel()
         finally:
             self._finished.set()
         if self._startup_error is not None:
             raise self._startup_error
+
+    def pin(self) -> None:
+        """A request will use this pool (it may not have reached the queue yet)."""
+        self._pinned += 1
+
+    def unpin(self) -> None:
+        self._pinned -= 1
+        if self._pinned == 0:
+            self._unpinned.set()
+
+    async def wait_unpinned(self) -> None:
+        """Until no request holds this pool: the moment a retired pool may close."""
+        while self._pinned:
+            self._unpinned = anyio.Event()
+            await self._unpinned.wait()
 
     async def close(self) -> None:
         """Stop taking requests, let running ones finish (up to the grace), stop every kernel."""
@@ -179,9 +197,12 @@ class KernelPool:
         await self._finished.wait()
 
     async def _wait_quiet(self) -> None:
+        # Woken by hand-overs; also re-checked often, since requests also leave by timing
+        # out, disconnecting or losing their kernel.
         while not self._scheduler.is_quiet:
             self._quiet = anyio.Event()
-            await self._quiet.wait()
+            with anyio.move_on_after(0.1):
+                await self._quiet.wait()
 
     async def _run_slot(self, slot: _Slot) -> None:
         first = True
@@ -337,7 +358,6 @@ class KernelPool:
         with anyio.CancelScope(shield=True):
             if await kernel.interrupt(self.limits.interrupt_grace):
                 logger.warning("%s: interrupted kernel %s: %s", self.label, kernel.id, why)
-                slot.served += 1
                 self._release(kernel.id)
             else:
                 self._kernel_lost(slot, kernel, f"kernel ignored an interrupt after {why}")
@@ -360,8 +380,9 @@ class KernelPool:
             ) from None
         if kernel_id is None:
             kernel_id = await self._wait_turn(waiter, disconnected)
-        slot = self._kernels[kernel_id]
-        assert slot.kernel is not None
+        slot = self._kernels.get(kernel_id)
+        if slot is None or slot.kernel is None or slot.replace.is_set():
+            raise Unavailable("the kernel given to this request was lost; it is being restarted")
         slot.state = KernelState.BUSY
         return slot, slot.kernel, waiter.pending
 
@@ -412,8 +433,8 @@ class KernelPool:
 
     def _release(self, kernel_id: str) -> None:
         slot = self._kernels.get(kernel_id)
-        if slot is None:
-            return
+        if slot is None or slot.replace.is_set():
+            return  # retired, or lost and about to be: never hand it out again
         slot.state = KernelState.IDLE
         self._hand_out(kernel_id)
 

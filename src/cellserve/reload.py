@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -48,16 +48,14 @@ class Change(StrEnum):
     KERNELS = "kernels"
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Generation:
-    """One version of the API; `active` counts the requests it is serving or queueing."""
+    """One version of the API. Reloads that change no seed cell share the pool."""
 
     number: int
     api: NotebookApi
     routes: RouteTable
     pool: KernelPool
-    active: int = 0
-    drained: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass(frozen=True)
@@ -150,15 +148,13 @@ class NotebookService:
 
     @contextmanager
     def serving(self) -> Iterator[Generation]:
-        """Pin the current generation for one request."""
+        """Pin the current generation (and so its pool) for one request."""
         generation = self.current
-        generation.active += 1
+        generation.pool.pin()
         try:
             yield generation
         finally:
-            generation.active -= 1
-            if generation.active == 0:
-                generation.drained.set()
+            generation.pool.unpin()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -181,9 +177,10 @@ class NotebookService:
                 tg.start_soon(self._watch)
             task_status.started()
             await self._stop.wait()
-            tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
+                # Close first: the pool lets running requests finish within its grace.
                 await self.current.pool.close()
+            tg.cancel_scope.cancel()
 
     def stop(self) -> None:
         self._stop.set()
@@ -293,12 +290,11 @@ class NotebookService:
         return ReloadResult(Change.NONE, self.current.number, time.monotonic() - started, message)
 
     async def _retire(self, generation: Generation) -> None:
-        """Let `generation` finish its requests, then stop its kernels."""
+        """Let every request on `generation`'s pool finish (whichever generation it pinned, as
+        route-only reloads share pools), then stop its kernels."""
         limit = (self.settings.timeout or 3600) + self.settings.queue_timeout
         with anyio.move_on_after(limit):
-            while generation.active:
-                generation.drained = anyio.Event()
-                await generation.drained.wait()
+            await generation.pool.wait_unpinned()
         await generation.pool.close()
         logger.info("%s: generation %d retired", self.label, generation.number)
 

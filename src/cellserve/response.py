@@ -41,6 +41,7 @@ RICH_ORDER = (
 )
 _BINARY_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "application/pdf"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -175,6 +176,8 @@ def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] 
             text = _header_text(value)
             if not _TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
                 return f"header {name!r}: {text!r} is not a valid HTTP header"
+            if name.lower() in _FRAMING_HEADERS:
+                return f"header {name!r} is set by the server, not by ResponseInfo"
             headers.append((name, text))
     return status, headers
 

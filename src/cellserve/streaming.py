@@ -14,15 +14,22 @@ If the client goes away, the cell is interrupted.
 
 from __future__ import annotations
 
+import re
+
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from cellserve.exceptions import KernelError
 from cellserve.kernels import CellCall, CellOutcome
 from cellserve.pool import ExecutionTimeout, KernelPool, Unavailable
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
 
 def _sse(event: str | None, text: str) -> bytes:
-    lines = "".join(f"data: {line}\n" for line in text.split("\n"))
+    """One event; every line end SSE knows splits a ``data:`` line, so output cannot forge
+    fields of its own."""
+    lines = "".join(f"data: {line}\n" for line in _LINE_END.split(text))
     head = f"event: {event}\n" if event else ""
     return (head + lines + "\n").encode("utf-8")
 
@@ -67,7 +74,7 @@ async def stream_cell(
                 timeout=timeout,
                 on_stdout=forward,
             )
-        except (Unavailable, ExecutionTimeout) as exc:
+        except (Unavailable, ExecutionTimeout, KernelError) as exc:
             tail = _sse("error", str(exc)) if sse else f"\n{exc}\n".encode()
         tg.cancel_scope.cancel()
     if outcome is not None:
