@@ -230,9 +230,6 @@ class CellserveApp:
             "stats": asdict(stats),
         }
 
-    def is_ready(self) -> bool:
-        return self.service.started and self.health()["status"] == "ok"
-
     def sections(self, prefix: str = "") -> list[Section]:
         return [Section(prefix, self.service.current.api)] if self.service.started else []
 
@@ -304,7 +301,7 @@ def build_app(state: CellserveApp, *, standalone: bool = True) -> Starlette:
 
     async def ready(_: Request) -> Response:
         body = state.health()
-        return JSONResponse(body, status_code=200 if state.is_ready() else 503)
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def reload(_: Request) -> Response:
         await state.ensure_started()

@@ -27,16 +27,17 @@ from IPython.core.error import StdinNotImplementedError
 from IPython.utils.capture import capture_output
 
 
-class _LimitedText(io.TextIOBase):
+class LimitedText(io.TextIOBase):
     """stdout for one request: keeps at most `limit` characters, remembers what it dropped.
 
     A full text stream (``encoding``, ``writelines``, ``fileno``...), so code that inspects
-    ``sys.stdout`` behaves as it does under ``execute_request``.
+    ``sys.stdout`` behaves as it does under ``execute_request``. The server collects
+    ``execute_request`` output with it too, so both paths truncate alike.
     """
 
     encoding = "UTF-8"
 
-    def __init__(self, limit: int, underlying: Any) -> None:
+    def __init__(self, limit: int, underlying: Any = None) -> None:
         super().__init__()
         self.parts: list[str] = []
         self.room = limit
@@ -59,7 +60,13 @@ class _LimitedText(io.TextIOBase):
         return False
 
     def fileno(self) -> int:
+        if self._underlying is None:
+            raise io.UnsupportedOperation("fileno")
         return int(self._underlying.fileno())
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class _Compiled:
@@ -119,7 +126,7 @@ def _no_input(prompt: object = "") -> str:
 
 
 def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
-    stdout = _LimitedText(limit, sys.stdout)
+    stdout = LimitedText(limit, sys.stdout)
     namespace = shell.user_ns
     value: Any = None
     error: dict[str, Any] | None = None
@@ -151,7 +158,7 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
     if error is None and value is not None:
         result, _ = shell.display_formatter.format(value)
     return {
-        "stdout": "".join(stdout.parts),
+        "stdout": stdout.text,
         "truncated": stdout.truncated,
         "result": result,
         "displays": [output.data for output in captured.outputs],

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from cellserve.exceptions import KernelDied, KernelError, SeedError
-from cellserve.kernel_dispatch import hides_value
+from cellserve.kernel_dispatch import LimitedText, hides_value
 from cellserve.notebook import SeedCell
 
 logger = logging.getLogger("cellserve.kernels")
@@ -112,24 +112,6 @@ class PendingCall:
     call: CellCall
     key: str
     msg_id: str | None
-
-
-@dataclass
-class _StdoutBuffer:
-    limit: int
-    parts: list[str] = field(default_factory=list)
-    size: int = 0
-    truncated: bool = False
-
-    def add(self, text: str) -> str:
-        room = self.limit - self.size
-        if len(text) > room:
-            self.truncated = True
-            text = text[: max(room, 0)]
-        self.size += len(text)
-        if text:
-            self.parts.append(text)
-        return text
 
 
 def kernel_environment() -> dict[str, str]:
@@ -327,7 +309,7 @@ class Kernel:
         msg_id = self._client.execute(
             code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False
         )
-        stdout = _StdoutBuffer(self.config.max_output_chars)
+        stdout = LimitedText(self.config.max_output_chars)
         result: Mapping[str, Any] | None = None
         displays: list[Mapping[str, Any]] = []
         error: CellError | None = None
@@ -339,9 +321,9 @@ class Kernel:
             if kind == "status" and content["execution_state"] == "idle":
                 break
             if kind == "stream" and content.get("name", "stdout") == "stdout":
-                text = stdout.add(content["text"])
-                if on_stdout is not None and text:
-                    await on_stdout(text)
+                kept = stdout.write(content["text"])
+                if on_stdout is not None and kept:
+                    await on_stdout(content["text"][:kept])
             elif kind == "execute_result":
                 result = content["data"]
             elif kind == "display_data":
@@ -351,7 +333,7 @@ class Kernel:
                     content["ename"], content["evalue"], "\n".join(content.get("traceback", []))
                 )
         await self._drain_shell_reply(msg_id, deadline)
-        return CellOutput("".join(stdout.parts), stdout.truncated, result, tuple(displays), error)
+        return CellOutput(stdout.text, stdout.truncated, result, tuple(displays), error)
 
     async def _drain_shell_reply(self, msg_id: str, deadline: float) -> None:
         while True:

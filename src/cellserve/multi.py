@@ -64,7 +64,7 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
 
     def status() -> tuple[bool, dict[str, Any]]:
         notebooks = {prefix: state.health() for prefix, state in states.items()}
-        ok = all(state.is_ready() for state in states.values())
+        ok = all(health["status"] == "ok" for health in notebooks.values())
         return ok, {"status": "ok" if ok else "degraded", "notebooks": notebooks}
 
     async def health(_: Request) -> Response:

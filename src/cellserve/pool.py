@@ -27,6 +27,8 @@ from cellserve.scheduler import QueueFull, Scheduler
 
 logger = logging.getLogger("cellserve.pool")
 
+_ALL_FAILED = "no kernel is available: every kernel failed to start"
+
 
 class KernelState(StrEnum):
     STARTING = "starting"
@@ -369,7 +371,7 @@ class KernelPool:
         if self._closing.is_set():
             raise Unavailable("the server is shutting down")
         if all(s.state == KernelState.FAILED for s in self._slots):
-            raise Unavailable("no kernel is available: every kernel failed to start", 30)
+            raise Unavailable(_ALL_FAILED, 30)
         waiter = _Waiter(call)
         try:
             kernel_id = self._scheduler.submit(waiter)
@@ -408,7 +410,7 @@ class KernelPool:
             raise
         if waiter.refused:
             self._rejected += 1
-            raise Unavailable("no kernel is available: every kernel failed to start", 30)
+            raise Unavailable(_ALL_FAILED, 30)
         if waiter.kernel_id is None:
             await self._give_up(waiter)
             self._rejected += 1

@@ -106,7 +106,7 @@ def _route_code_of(endpoint: Endpoint) -> tuple[object, ...]:
 
 
 def _route_code(api: NotebookApi) -> tuple[object, ...]:
-    return tuple((e.verb, e.path.raw, e.source, e.response_info, e.options) for e in api.endpoints)
+    return tuple((e.label, *_route_code_of(e)) for e in api.endpoints)
 
 
 def check_reserved(api: NotebookApi) -> None:
