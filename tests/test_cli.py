@@ -26,7 +26,13 @@ API_CELLS = ["x = 1", "# GET /x\nprint(x)", "# POST /echo\nprint(REQUEST)"]
 class Process:
     """A server subprocess whose output goes to a file (a full pipe would block it)."""
 
-    def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log = log
         self._file = log.open("wb")
         self.popen = subprocess.Popen(
@@ -35,6 +41,7 @@ class Process:
             stdout=self._file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
 
     @property
