@@ -90,8 +90,19 @@ async def test_mounted_with_composed_lifespan(notebook) -> None:
     assert stopped(pid)
 
 
-def test_mounted_without_lifespan_starts_on_first_request(notebook) -> None:
+def test_mounted_without_lifespan_asks_for_one(notebook) -> None:
     model = app_from_notebook(notebook(CELLS))
+    host = Starlette(routes=[Route("/", host_page), Mount("/model", app=model)])
+    with ServerThread(host) as server:
+        response = httpx.get(server.url + "/model/x", timeout=60)
+        assert response.status_code == 503
+        assert "cellserve.lifespan(app)" in response.json()["message"]
+        assert "start_on_first_request=True" in response.json()["message"]
+        assert httpx.get(server.url + "/", timeout=60).text == "host"
+
+
+def test_mounted_without_lifespan_starts_on_first_request_when_asked(notebook) -> None:
+    model = app_from_notebook(notebook(CELLS), start_on_first_request=True)
     host = Starlette(routes=[Route("/", host_page), Mount("/model", app=model)])
     with ServerThread(host) as server:
         health = httpx.get(server.url + "/model/_cellserve/health", timeout=60).json()
@@ -115,7 +126,9 @@ def test_mounted_without_lifespan_starts_on_first_request(notebook) -> None:
 
 def serve_broken_lazily(notebook, requests: int = 2) -> list[httpx.Response]:
     """Mount a notebook whose seed cell raises, without lifespan; GET /model/x `requests` times."""
-    model = app_from_notebook(notebook(["1 / 0", "# GET /x\nprint(1)"], name="broken.ipynb"))
+    model = app_from_notebook(
+        notebook(["1 / 0", "# GET /x\nprint(1)"], name="broken.ipynb"), start_on_first_request=True
+    )
     host = Starlette(routes=[Route("/", host_page), Mount("/model", app=model)])
     with ServerThread(host) as server:
         responses = [httpx.get(server.url + "/model/x", timeout=60) for _ in range(requests)]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.responses import Response
 
-from cellserve.kernels import CellError, CellOutcome, CellOutput
+from cellserve.cells import CellError, CellOutcome, CellOutput
 from cellserve.response import RICH_ORDER, build_response, error_response
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"

@@ -1,13 +1,12 @@
-"""The Starlette app: notebook routes, cellserve's own endpoints, middleware and lifespan.
+"""Assembly: the Starlette apps around notebook services, their middleware and lifespans.
 
-Request path through the modules::
+``notebook_routes`` gives the routes of one notebook (cellserve's and Kernel Gateway's own
+endpoints, then every other path served by ``endpoint.py``); the single-notebook app mounts
+them at its base URL, the multi-notebook app (multi.py) under one prefix per notebook.
 
-    auth → routing (404/405, no kernel) → request (REQUEST string) → pool (queue, kernel)
-         → kernels (one round trip) → response (status, headers, body)
-
-The app can run alone (its lifespan starts the kernels) or mounted in another app: Starlette
-sends no lifespan events to mounted apps, so either compose ``cellserve.lifespan(app)`` into
-the host's lifespan, or let the first request start the kernels.
+Kernels start in the app's lifespan. Starlette sends no lifespan events to mounted apps, so a
+host either composes ``cellserve.lifespan(app)`` into its own lifespan or opts in to starting
+on the first request with ``start_on_first_request=True``.
 """
 
 from __future__ import annotations
@@ -15,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import anyio
 from starlette.applications import Starlette
@@ -33,95 +30,79 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellserve.auth import TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
+from cellserve.endpoint import serve_notebook_request
 from cellserve.exceptions import CellserveError
-from cellserve.kernels import CellCall
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
-from cellserve.pool import ExecutionTimeout, KernelState, Unavailable
-from cellserve.reload import Generation, NotebookService, reload_on_sighup
-from cellserve.request import BadRequest, RequestParts, build_request_json
-from cellserve.response import build_response, error_response
-from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
+from cellserve.pool import KernelState
+from cellserve.reload import reload_on_sighup
+from cellserve.response import error_response
+from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX, RouteMatch
+from cellserve.service import NotebookService
 from cellserve.settings import Settings
-from cellserve.streaming import stream_cell
 
-logger = logging.getLogger("cellserve.app")
-
-ADMIN = "/_cellserve"
-
-
-class _ClientGone(Exception):
-    pass
-
-
-class _BodyTooLarge(Exception):
-    pass
+Status = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class CellserveApp:
-    """State behind one notebook's Starlette app; reachable as ``app.state.cellserve``."""
+    """State behind one notebook's routes; reachable as ``app.state.cellserve``."""
 
-    def __init__(
-        self,
-        path: Path,
-        settings: Settings,
-        *,
-        label: str | None = None,
-        handles_sighup: bool = True,
-    ) -> None:
+    def __init__(self, path: Path, settings: Settings, *, label: str | None = None) -> None:
         self.settings = settings
-        self.handles_sighup = handles_sighup
         self.service = NotebookService(path, settings, label=label)
         self._start_lock = anyio.Lock()
-        self._detached: asyncio.Task[None] | None = None
+        self._lazy_start: asyncio.Task[None] | None = None
         self._start_error: BaseException | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------
-
     @asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
+    async def running(self) -> AsyncIterator[None]:
         """Start the kernels, yield while serving, stop them all on exit.
 
         A start-up failure is raised as itself (e.g. SeedError), not wrapped in the task
         group's ExceptionGroup, so its message reaches the log and the 503 body.
         """
-        stop = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.service.run)
-                if self.handles_sighup:
-                    tg.start_soon(reload_on_sighup, [self.service], stop)
                 try:
                     yield
                 finally:
-                    stop.set()
                     self.service.stop()
         except BaseExceptionGroup as group:
             raise _sole_error(group) from None
 
     async def ensure_started(self) -> None:
-        """Start on first use when no lifespan did (e.g. mounted without composing it)."""
+        """Raise unless started; with ``start_on_first_request``, start now instead.
+
+        The lazily started service runs in a task this object owns (kept in
+        ``_lazy_start``); it ends when the host's event loop cancels it at shutdown, and an
+        ``atexit`` hook kills its kernels should the loop be torn down without that.
+        """
         if self.service.started:
             return
+        if not self.settings.start_on_first_request:
+            raise CellserveError(
+                f"{self.service.label} is not started: compose cellserve.lifespan(app) into "
+                "the host app's lifespan, or pass start_on_first_request=True"
+            )
         async with self._start_lock:
             if self.service.started:
                 return
             if self._start_error is not None:
                 raise self._start_error
             ready = asyncio.Event()
-            # Owned by this app object; ends when the event loop cancels it at shutdown.
-            self._detached = asyncio.get_running_loop().create_task(self._run_detached(ready))
+            self._lazy_start = asyncio.get_running_loop().create_task(self._run_lazily(ready))
             atexit.register(self._kill_kernels)
             await ready.wait()
             if self._start_error is not None:
                 raise self._start_error
 
-    async def _run_detached(self, ready: asyncio.Event) -> None:
+    async def _run_lazily(self, ready: asyncio.Event) -> None:
         try:
-            async with self.lifespan():
+            async with running([self]):
                 ready.set()
                 await anyio.sleep_forever()
         except Exception as exc:
@@ -138,8 +119,6 @@ class CellserveApp:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(kernel.pid, signal.SIGKILL)
 
-    # -- notebook routes ------------------------------------------------------------------
-
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a notebook route (the router's fallback for every path it does not own)."""
         if scope["type"] != "http":
@@ -151,67 +130,7 @@ class CellserveApp:
             await response(scope, receive, send)
             return
         with self.service.serving() as generation:
-            answer = await self._respond(scope, receive, send, generation)
-            if answer is not None:
-                await answer(scope, receive, send)
-
-    async def _respond(
-        self, scope: Scope, receive: Receive, send: Send, generation: Generation
-    ) -> Response | None:
-        """The response to send, or None when it was streamed or the client left."""
-        method = scope["method"]
-        try:
-            found = generation.routes.match(_route_segments(scope), method)
-        except UnicodeDecodeError:
-            return error_response(400, "the path is not valid UTF-8 once percent-decoded")
-        if found is None:
-            return error_response(404, f"no route for {scope['path']}")
-        if isinstance(found, MethodNotAllowed):
-            allow = ", ".join((*found.allowed, "OPTIONS"))
-            if method == "OPTIONS":
-                return Response(status_code=200, headers={"Allow": allow})
-            return error_response(
-                405, f"{scope['path']} does not accept {method}", {"Allow": allow}
-            )
-        return await self._run_endpoint(scope, receive, send, generation, found)
-
-    async def _run_endpoint(
-        self, scope: Scope, receive: Receive, send: Send, generation: Generation, found: RouteMatch
-    ) -> Response | None:
-        endpoint = found.endpoint
-        try:
-            body = await _read_body(scope, receive, self.settings.max_body_size)
-            request_json = build_request_json(
-                RequestParts(scope["headers"], scope["query_string"], body, found.params),
-                hide_credentials=self.settings.auth_token is not None,
-            )
-        except _BodyTooLarge:
-            return error_response(
-                413, f"the request body is larger than {self.settings.max_body_size} bytes"
-            )
-        except BadRequest as exc:
-            return error_response(400, str(exc))
-        except _ClientGone:
-            return None
-        call = CellCall(
-            endpoint.source, request_json, endpoint.response_info, endpoint.options.stream
-        )
-        timeout = endpoint.options.timeout or self.settings.timeout
-        accept = _header(scope, b"accept")
-        if endpoint.options.stream:
-            await stream_cell(generation.pool, call, timeout, accept, scope, receive, send)
-            return None
-        try:
-            outcome = await generation.pool.execute(
-                call, timeout=timeout, disconnected=lambda: _disconnected(receive)
-            )
-        except Unavailable as exc:
-            return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
-        except ExecutionTimeout as exc:
-            return error_response(504, str(exc))
-        return build_response(outcome, accept, label=endpoint.label)
-
-    # -- cellserve's own endpoints --------------------------------------------------------
+            await serve_notebook_request(generation, self.settings, scope, receive, send)
 
     def health(self) -> dict[str, Any]:
         if not self.service.started:
@@ -230,8 +149,27 @@ class CellserveApp:
             "stats": asdict(stats),
         }
 
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        health = self.health()
+        return health["status"] == "ok", health
+
     def sections(self, prefix: str = "") -> list[Section]:
         return [Section(prefix, self.service.current.api)] if self.service.started else []
+
+
+@asynccontextmanager
+async def running(states: Sequence[CellserveApp]) -> AsyncIterator[None]:
+    """Run every one of `states` and one SIGHUP receiver reloading them all."""
+    async with AsyncExitStack() as stack:
+        for state in states:
+            await stack.enter_async_context(state.running())
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload_on_sighup, [state.service for state in states], stop)
+            try:
+                yield
+            finally:
+                stop.set()
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -242,91 +180,70 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
-def _route_segments(scope: Scope) -> list[str]:
-    """The path below the mount point, as raw segments (so ``%2F`` stays inside one)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    route = path[len(root) :] if root and path.startswith(root) else path
-    raw_path = scope.get("raw_path")
-    if raw_path:
-        raw = raw_path.decode("latin-1").split("?", 1)[0]
-        if unquote(raw) == path:
-            prefix_depth = path[: len(path) - len(route)].count("/")
-            segments: list[str] = raw.split("/")[prefix_depth + 1 :]
-            return segments
-    return split_raw_path(route)
+def base_url(request: Request, settings: Settings) -> str:
+    """The URL prefix of the app's routes, as the client sees it."""
+    return str(request.scope.get("root_path", "")) + settings.mount_prefix
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def build_app(state: CellserveApp, *, standalone: bool = True) -> Starlette:
-    """The Starlette app around `state`: own endpoints first, notebook routes as fallback.
-
-    `standalone` apps carry their own middleware, base URL and lifespan; the others are parts
-    of a multi-notebook app, which provides those once for all.
-    """
-    settings = state.settings
+def status_routes(status: Status) -> list[BaseRoute]:
+    """``/_cellserve/health`` (always 200) and ``/_cellserve/ready`` (503 unless ready)."""
 
     async def health(_: Request) -> Response:
-        return JSONResponse(state.health())
+        return JSONResponse(status()[1])
 
     async def ready(_: Request) -> Response:
-        body = state.health()
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+        ok, body = status()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return [Route(f"{ADMIN_PREFIX}/health", health), Route(f"{ADMIN_PREFIX}/ready", ready)]
+
+
+def _needs_service(
+    state: CellserveApp, endpoint: Callable[[Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """`endpoint`, answering 503 while the notebook's service cannot be started."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            await state.ensure_started()
+        except Exception as exc:
+            return error_response(503, f"{state.service.label} could not be started: {exc}")
+        return await endpoint(request)
+
+    return guarded
+
+
+def notebook_routes(state: CellserveApp) -> Router:
+    """One notebook's routes: cellserve's and Kernel Gateway's endpoints, then the notebook's
+    own (every other path)."""
+    settings = state.settings
 
     async def reload(_: Request) -> Response:
-        await state.ensure_started()
         result = await state.service.reload("admin request")
         return JSONResponse(asdict(result), status_code=200 if result.error is None else 422)
 
     async def openapi(request: Request) -> Response:
-        await state.ensure_started()
-        return JSONResponse(_openapi_for(request, state))
+        document = openapi_document(
+            state.sections(),
+            title=state.service.label,
+            server_url=base_url(request, settings),
+            auth=settings.auth_token is not None,
+        )
+        return JSONResponse(document)
 
     async def docs(request: Request) -> Response:
-        base = request.scope.get("root_path", "") + settings.mount_prefix
+        base = base_url(request, settings)
         return docs_page(
             request,
             title=state.service.label,
-            specs=[(state.service.label, f"{base}{ADMIN}/openapi.json")],
-            assets=f"{base}{ADMIN}/docs/assets",
+            specs=[(state.service.label, f"{base}{ADMIN_PREFIX}/openapi.json")],
+            assets=f"{base}{ADMIN_PREFIX}/docs/assets",
         )
 
     async def swagger(_: Request) -> Response:
-        await state.ensure_started()
         return JSONResponse(kernel_gateway_swagger(state.service.current.api))
 
     async def source(_: Request) -> Response:
-        await state.ensure_started()
         return Response(
             state.service.current.api.source_text,
             media_type="application/json",
@@ -334,57 +251,37 @@ def build_app(state: CellserveApp, *, standalone: bool = True) -> Starlette:
         )
 
     routes: list[BaseRoute] = [
-        Route(f"{ADMIN}/health", health),
-        Route(f"{ADMIN}/ready", ready),
-        Route(f"{ADMIN}/reload", reload, methods=["POST"]),
-        Route(f"{ADMIN}/openapi.json", openapi),
-        Route(f"{ADMIN}/docs", docs),
-        Mount(f"{ADMIN}/docs/assets", app=docs_assets()),
-        Route("/_api/spec/swagger.json", swagger),
+        *status_routes(state.status),
+        Route(f"{ADMIN_PREFIX}/reload", _needs_service(state, reload), methods=["POST"]),
+        Route(f"{ADMIN_PREFIX}/openapi.json", _needs_service(state, openapi)),
+        Route(f"{ADMIN_PREFIX}/docs", docs),
+        Mount(f"{ADMIN_PREFIX}/docs/assets", app=docs_assets()),
+        Route(f"{KERNEL_GATEWAY_PREFIX}/spec/swagger.json", _needs_service(state, swagger)),
     ]
-    if settings.docs and standalone:
+    if settings.docs:
         routes += [
-            _unless_notebook(state, "/openapi.json", openapi),
-            _unless_notebook(state, "/docs", docs),
+            Route("/openapi.json", _Alias(state, "/openapi.json", _needs_service(state, openapi))),
+            Route("/docs", _Alias(state, "/docs", docs)),
         ]
     if settings.allow_notebook_download:
-        routes.append(Route("/_api/source", source))
+        routes.append(Route(f"{KERNEL_GATEWAY_PREFIX}/source", _needs_service(state, source)))
     if settings.static_path is not None:
         routes.append(Mount("/public", app=StaticFiles(directory=settings.static_path)))
-    inner = Router(routes=routes, default=state.dispatch)
-    if not standalone:
-        app = Starlette(routes=inner.routes)
-        app.router.default = state.dispatch
-        app.state.cellserve = state
-        return app
-    app = Starlette(middleware=middleware_for(settings), lifespan=lambda _: state.lifespan())
-    if settings.mount_prefix:
-        app.router.routes.append(Mount(settings.mount_prefix, app=inner))
-        app.router.default = not_found
-    else:
-        app.router.routes.extend(inner.routes)
-        app.router.default = state.dispatch
-    app.state.cellserve = state
-    return app
-
-
-def _unless_notebook(
-    state: CellserveApp, path: str, endpoint: Callable[[Request], Awaitable[Response]]
-) -> Route:
-    """An alias for a docs path that yields to a notebook route of the same path."""
-    return Route(path, _Alias(state, path, endpoint))
+    return Router(routes=routes, default=state.dispatch)
 
 
 class _Alias:
+    """A docs path that yields to a notebook route of the same path."""
+
     def __init__(
         self, state: CellserveApp, path: str, endpoint: Callable[[Request], Awaitable[Response]]
     ) -> None:
         self.state, self.segments, self.endpoint = state, [path[1:]], endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.state.ensure_started()
-        found = self.state.service.current.routes.match(self.segments, scope["method"])
-        if isinstance(found, RouteMatch) or scope["method"] not in ("GET", "HEAD"):
+        started = self.state.service.started
+        found = started and self.state.service.current.routes.match(self.segments, scope["method"])
+        if not started or isinstance(found, RouteMatch) or scope["method"] not in ("GET", "HEAD"):
             await self.state.dispatch(scope, receive, send)
         else:
             response = await self.endpoint(Request(scope, receive))
@@ -396,14 +293,20 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(404, f"no route for {scope['path']}")(scope, receive, send)
 
 
-def _openapi_for(request: Request, state: CellserveApp) -> dict[str, Any]:
-    base = request.scope.get("root_path", "") + state.settings.mount_prefix
-    return openapi_document(
-        state.sections(),
-        title=state.service.label,
-        server_url=base,
-        auth=state.settings.auth_token is not None,
-    )
+def mounted_app(
+    router: Router,
+    settings: Settings,
+    lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]],
+) -> Starlette:
+    """The top-level app: `router` at the base URL, with the middleware and `lifespan`."""
+    app = Starlette(middleware=middleware_for(settings), lifespan=lifespan)
+    if settings.mount_prefix:
+        app.router.routes.append(Mount(settings.mount_prefix, app=router))
+        app.router.default = not_found
+    else:
+        app.router.routes.extend(router.routes)
+        app.router.default = router.default
+    return app
 
 
 def middleware_for(settings: Settings) -> list[Middleware]:
@@ -440,7 +343,9 @@ def app_from_notebook(path: str | os.PathLike[str], **options: Any) -> Starlette
     """
     settings = Settings.load(**options)
     state = CellserveApp(Path(path), settings)
-    return build_app(state)
+    app = mounted_app(notebook_routes(state), settings, lambda _: running([state]))
+    app.state.cellserve = state
+    return app
 
 
 @asynccontextmanager
@@ -459,5 +364,5 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
     state = getattr(getattr(app, "state", None), "cellserve", None)
     if not isinstance(state, CellserveApp):
         raise CellserveError("lifespan() needs an app made by app_from_notebook()")
-    async with state.lifespan():
+    async with running([state]):
         yield

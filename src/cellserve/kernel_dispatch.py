@@ -1,10 +1,10 @@
 """The dispatcher that runs *inside* a Python kernel: cellserve's fast execution path.
 
-The server sends this module's source to each IPython kernel once (and itself uses only
-``hides_value``, so both paths agree on trailing semicolons), after
-the seed cells. ``install`` registers a comm target. Each request is then one ``comm_msg``
-carrying the ``REQUEST`` string and a key naming the route's code (the code itself rides
-along the first time a kernel sees that key). The dispatcher runs the route's code, compiled
+The server sends this module's source to each IPython kernel once, after the seed cells and
+after ``dispatch_common.py`` (whose helpers the server uses too), in the same namespace.
+``install`` registers a comm target. Each request is then one ``comm_msg`` carrying the
+``REQUEST`` string and a key naming the route's code (the code itself rides along the first
+time a kernel sees that key). The dispatcher runs the route's code, compiled
 once with IPython's transformations applied (so magics work), captures stdout, rich displays
 and the last expression's value in-process, runs the ResponseInfo code if there is one, and
 answers with a single comm message. Request data is data: it is bound to ``REQUEST`` in the
@@ -15,58 +15,17 @@ from __future__ import annotations
 
 import ast
 import builtins
-import io
 import sys
-import tokenize
 import traceback
 from collections.abc import Callable
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import StdinNotImplementedError
 from IPython.utils.capture import capture_output
 
-
-class LimitedText(io.TextIOBase):
-    """stdout for one request: keeps at most `limit` characters, remembers what it dropped.
-
-    A full text stream (``encoding``, ``writelines``, ``fileno``...), so code that inspects
-    ``sys.stdout`` behaves as it does under ``execute_request``. The server collects
-    ``execute_request`` output with it too, so both paths truncate alike.
-    """
-
-    encoding = "UTF-8"
-
-    def __init__(self, limit: int, underlying: Any = None) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-        self.room = limit
-        self.truncated = False
-        self._underlying = underlying
-
-    def write(self, text: str) -> int:
-        if len(text) > self.room:
-            self.truncated = True
-            text = text[: self.room]
-        self.room -= len(text)
-        if text:
-            self.parts.append(text)
-        return len(text)
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        if self._underlying is None:
-            raise io.UnsupportedOperation("fileno")
-        return int(self._underlying.fileno())
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
+if TYPE_CHECKING:  # in the kernel, dispatch_common's source ran first in this namespace
+    from cellserve.dispatch_common import LimitedText, hides_value
 
 
 class _Compiled:
@@ -94,30 +53,6 @@ class _Compiled:
         except SyntaxError:
             # Top-level `await` compiles only as a coroutine: leave it to execute_request.
             self.needs_event_loop = True
-
-
-def hides_value(code: str) -> bool:
-    """IPython hides a cell's value when its last token is a semicolon (comments aside)."""
-    last = None
-    try:
-        for token in tokenize.generate_tokens(io.StringIO(code).readline):
-            if token.type not in _IGNORED_TOKENS:
-                last = token
-    except (tokenize.TokenError, SyntaxError):
-        return False
-    return last is not None and last.type == tokenize.OP and last.string == ";"
-
-
-_IGNORED_TOKENS = frozenset(
-    {
-        tokenize.COMMENT,
-        tokenize.NL,
-        tokenize.NEWLINE,
-        tokenize.INDENT,
-        tokenize.DEDENT,
-        tokenize.ENDMARKER,
-    }
-)
 
 
 def _no_input(prompt: object = "") -> str:

@@ -23,7 +23,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -36,8 +36,9 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, StdoutSink
+from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
-from cellserve.kernel_dispatch import LimitedText, hides_value
 from cellserve.notebook import SeedCell
 
 logger = logging.getLogger("cellserve.kernels")
@@ -46,8 +47,6 @@ _COMM_TARGET = "cellserve.dispatch"
 _POLL_SECONDS = 0.25
 _HIDDEN_ENV = ("KG_AUTH_TOKEN", "CELLSERVE_AUTH_TOKEN")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-StdoutSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -69,40 +68,6 @@ class KernelConfig:
     @property
     def is_python(self) -> bool:
         return self.language.lower() == "python"
-
-
-@dataclass(frozen=True)
-class CellError:
-    ename: str
-    evalue: str
-    traceback: str = ""
-
-
-@dataclass(frozen=True)
-class CellOutput:
-    """What one cell produced, in the terms Kernel Gateway chooses a response from."""
-
-    stdout: str = ""
-    truncated: bool = False
-    result: Mapping[str, Any] | None = None
-    displays: tuple[Mapping[str, Any], ...] = ()
-    error: CellError | None = None
-
-
-@dataclass(frozen=True)
-class CellOutcome:
-    cell: CellOutput
-    response_info: CellOutput | None = None
-
-
-@dataclass(frozen=True)
-class CellCall:
-    """One request for one kernel: the route's code and the ``REQUEST`` string."""
-
-    source: str
-    request_json: str
-    response_info: str | None = None
-    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,10 +184,13 @@ class Kernel:
             await self._install_dispatcher()
 
     async def _install_dispatcher(self) -> None:
-        source = resources.files("cellserve").joinpath("kernel_dispatch.py").read_text("utf-8")
+        package = resources.files("cellserve")
+        common = package.joinpath("dispatch_common.py").read_text("utf-8")
+        source = package.joinpath("kernel_dispatch.py").read_text("utf-8")
         bootstrap = (
             "def __cellserve_bootstrap():\n"
             "    namespace = {'__name__': 'cellserve_dispatch'}\n"
+            f"    exec(compile({common!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
             f"    exec(compile({source!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
             f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, "
             f"{self.config.max_output_chars})\n"

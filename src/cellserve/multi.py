@@ -10,22 +10,28 @@ serves ``/prices/...`` and ``/plots/...``; each notebook has its own pool and re
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
-from cellserve.app import ADMIN, CellserveApp, build_app, middleware_for, not_found
+from cellserve.app import (
+    CellserveApp,
+    base_url,
+    mounted_app,
+    not_found,
+    notebook_routes,
+    running,
+    status_routes,
+)
 from cellserve.docs import docs_assets, docs_page
 from cellserve.exceptions import SettingsError
 from cellserve.openapi import openapi_document
-from cellserve.reload import reload_on_sighup
+from cellserve.routing import ADMIN_PREFIX
 from cellserve.settings import Settings
 
 NotebookPaths = Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]]
@@ -58,7 +64,7 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
     settings = Settings.load(**options)
     part_settings = settings.with_changes(base_url="/")
     states = {
-        prefix: CellserveApp(path, part_settings, label=prefix, handles_sighup=False)
+        prefix: CellserveApp(path, part_settings, label=prefix)
         for prefix, path in notebook_prefixes(notebooks).items()
     }
 
@@ -67,58 +73,32 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         ok = all(health["status"] == "ok" for health in notebooks.values())
         return ok, {"status": "ok" if ok else "degraded", "notebooks": notebooks}
 
-    async def health(_: Request) -> Response:
-        return JSONResponse(status()[1])
-
-    async def ready(_: Request) -> Response:
-        ok, body = status()
-        return JSONResponse(body, status_code=200 if ok else 503)
-
     async def openapi(request: Request) -> Response:
         sections = [s for prefix, state in states.items() for s in state.sections(f"/{prefix}")]
-        base = request.scope.get("root_path", "") + settings.mount_prefix
         document = openapi_document(
-            sections, title="cellserve", server_url=base, auth=settings.auth_token is not None
+            sections,
+            title="cellserve",
+            server_url=base_url(request, settings),
+            auth=settings.auth_token is not None,
         )
         return JSONResponse(document)
 
     async def docs(request: Request) -> Response:
-        base = request.scope.get("root_path", "") + settings.mount_prefix
-        specs = [(prefix, f"{base}/{prefix}{ADMIN}/openapi.json") for prefix in states]
+        base = base_url(request, settings)
+        specs = [(prefix, f"{base}/{prefix}{ADMIN_PREFIX}/openapi.json") for prefix in states]
         return docs_page(
-            request, title="cellserve", specs=specs, assets=f"{base}{ADMIN}/docs/assets"
+            request, title="cellserve", specs=specs, assets=f"{base}{ADMIN_PREFIX}/docs/assets"
         )
 
     routes: list[BaseRoute] = [
-        Route(f"{ADMIN}/health", health),
-        Route(f"{ADMIN}/ready", ready),
-        Route(f"{ADMIN}/openapi.json", openapi),
+        *status_routes(status),
+        Route(f"{ADMIN_PREFIX}/openapi.json", openapi),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
-        Mount(f"{ADMIN}/docs/assets", app=docs_assets()),
-        *(
-            Mount(f"/{prefix}", app=build_app(state, standalone=False))
-            for prefix, state in states.items()
-        ),
+        Mount(f"{ADMIN_PREFIX}/docs/assets", app=docs_assets()),
+        *(Mount(f"/{prefix}", app=notebook_routes(state)) for prefix, state in states.items()),
     ]
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            for state in states.values():
-                await stack.enter_async_context(state.lifespan())
-            stop = anyio.Event()
-            async with anyio.create_task_group() as tg:
-                services = [state.service for state in states.values()]
-                tg.start_soon(reload_on_sighup, services, stop)
-                try:
-                    yield
-                finally:
-                    stop.set()
-
-    if settings.mount_prefix:
-        routes = [Mount(settings.mount_prefix, routes=routes)]
-    app = Starlette(routes=routes, middleware=middleware_for(settings), lifespan=lifespan)
-    app.router.default = not_found
+    router = Router(routes=routes, default=not_found)
+    app = mounted_app(router, settings, lambda _: running(list(states.values())))
     app.state.cellserve_notebooks = states
     return app

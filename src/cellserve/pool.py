@@ -20,8 +20,9 @@ from enum import StrEnum
 import anyio
 from anyio.abc import TaskStatus
 
+from cellserve.cells import CellCall, CellOutcome, StdoutSink
 from cellserve.exceptions import CellserveError, KernelDied, KernelError, SeedError
-from cellserve.kernels import CellCall, CellOutcome, Kernel, KernelConfig, PendingCall, StdoutSink
+from cellserve.kernels import Kernel, KernelConfig, PendingCall
 from cellserve.notebook import SeedCell
 from cellserve.scheduler import QueueFull, Scheduler
 
@@ -140,8 +141,6 @@ class KernelPool:
         self._timeouts = 0
         self._crashes = 0
         self._rejected = 0
-        self._pinned = 0
-        self._unpinned = anyio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -177,21 +176,6 @@ class KernelPool:
             self._finished.set()
         if self._startup_error is not None:
             raise self._startup_error
-
-    def pin(self) -> None:
-        """A request will use this pool (it may not have reached the queue yet)."""
-        self._pinned += 1
-
-    def unpin(self) -> None:
-        self._pinned -= 1
-        if self._pinned == 0:
-            self._unpinned.set()
-
-    async def wait_unpinned(self) -> None:
-        """Until no request holds this pool: the moment a retired pool may close."""
-        while self._pinned:
-            self._unpinned = anyio.Event()
-            await self._unpinned.wait()
 
     async def close(self) -> None:
         """Stop taking requests, let running ones finish (up to the grace), stop every kernel."""

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse, Response
 
-from cellserve.kernels import CellOutcome, CellOutput
+from cellserve.cells import CellError, CellOutcome, CellOutput
 
 RICH_ORDER = (
     "image/png",
@@ -55,12 +55,7 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
     """The response for one request's `outcome`; `label` names the route in error messages."""
     cell = outcome.cell
     if cell.error is not None:
-        return Response(
-            f"Error {cell.error.ename}: {cell.error.evalue} \n",
-            500,
-            media_type=None,
-            headers={"Content-Type": "text/plain"},
-        )
+        return _cell_error_response(cell.error)
     if cell.truncated:
         return error_response(
             500, f"{label} printed more than the server's response size limit; nothing was sent"
@@ -71,11 +66,7 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
     info = outcome.response_info
     if info is not None:
         if info.error is not None:
-            return Response(
-                f"Error {info.error.ename}: {info.error.evalue} \n",
-                500,
-                headers={"Content-Type": "text/plain"},
-            )
+            return _cell_error_response(info.error)
         parsed = _parse_response_info(info)
         if isinstance(parsed, str):
             return error_response(500, f"ResponseInfo {label}: {parsed}")
@@ -85,6 +76,10 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
     response = Response(body, status, headers={"Content-Type": content_type})
     _apply_headers(response.headers, extra)
     return response
+
+
+def _cell_error_response(error: CellError) -> Response:
+    return Response(f"{error.summary}\n", 500, headers={"Content-Type": "text/plain"})
 
 
 def _body_of(cell: CellOutput, accept: str | None) -> tuple[bytes, str]:

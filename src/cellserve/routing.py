@@ -12,7 +12,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from cellserve.notebook import Endpoint, PathTemplate
+from cellserve.exceptions import NotebookError
+from cellserve.notebook import Endpoint, NotebookApi, PathTemplate
+
+ADMIN_PREFIX = "/_cellserve"
+"""cellserve's own endpoints: health, readiness, reload, OpenAPI, docs."""
+KERNEL_GATEWAY_PREFIX = "/_api"
+"""Kernel Gateway's own endpoints: the Swagger spec and the notebook download."""
+RESERVED_PREFIXES = (ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX)
+
+
+def check_reserved(api: NotebookApi) -> None:
+    """Refuse a notebook route under a prefix cellserve serves itself."""
+    for endpoint in api.endpoints:
+        path = endpoint.path.raw
+        for prefix in RESERVED_PREFIXES:
+            if path == prefix or path.startswith(prefix + "/"):
+                raise NotebookError(
+                    f"{api.name} cells {list(endpoint.cell_numbers)}: `{endpoint.label}` is under "
+                    f"{prefix}/, which cellserve reserves for its own endpoints; rename the route"
+                )
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class Settings:
     allow_notebook_download: bool = False
     static_path: Path | None = None
     docs: bool = True
+    start_on_first_request: bool = False
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".

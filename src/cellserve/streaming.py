@@ -19,8 +19,8 @@ import re
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from cellserve.cells import CellCall, CellOutcome
 from cellserve.exceptions import KernelError
-from cellserve.kernels import CellCall, CellOutcome
 from cellserve.pool import ExecutionTimeout, KernelPool, Unavailable
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
@@ -80,8 +80,7 @@ async def stream_cell(
     if outcome is not None:
         error = outcome.cell.error
         if error is not None:
-            message = f"Error {error.ename}: {error.evalue} "
-            tail = _sse("error", message) if sse else f"{message}\n".encode()
+            tail = _sse("error", error.summary) if sse else f"{error.summary}\n".encode()
         elif sse:
             tail = _sse("end", "")
     if outcome is not None or tail:  # nothing to send to a client that left

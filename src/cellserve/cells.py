@@ -1,0 +1,55 @@
+"""What a request asks of a kernel and what the kernel gives back, as plain values.
+
+``kernels.py`` turns Jupyter messages into these at the boundary; ``response.py`` and
+``streaming.py`` turn them into HTTP. Nothing here knows about Jupyter or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+StdoutSink = Callable[[str], Awaitable[None]]
+"""Receives stdout text as a streaming cell prints it."""
+
+
+@dataclass(frozen=True)
+class CellCall:
+    """One request for one kernel: the route's code and the ``REQUEST`` string."""
+
+    source: str
+    request_json: str
+    response_info: str | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class CellError:
+    ename: str
+    evalue: str
+    traceback: str = ""
+
+    @property
+    def summary(self) -> str:
+        """Kernel Gateway's one-line error text (its trailing space included)."""
+        return f"Error {self.ename}: {self.evalue} "
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """What one cell produced, in the terms Kernel Gateway chooses a response from."""
+
+    stdout: str = ""
+    truncated: bool = False
+    result: Mapping[str, Any] | None = None
+    displays: tuple[Mapping[str, Any], ...] = ()
+    error: CellError | None = None
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """The route cell's output, and the ResponseInfo cell's when the route has one."""
+
+    cell: CellOutput
+    response_info: CellOutput | None = None

@@ -1,0 +1,143 @@
+"""One notebook request, served by one pinned generation.
+
+route (404/405, no kernel) → body (413) → ``REQUEST`` (400) → pool (503/504) → response.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from cellserve.cells import CellCall
+from cellserve.pool import ExecutionTimeout, Unavailable
+from cellserve.request import BadRequest, RequestParts, build_request_json
+from cellserve.response import build_response, error_response
+from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
+from cellserve.service import Generation
+from cellserve.settings import Settings
+from cellserve.streaming import stream_cell
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def serve_notebook_request(
+    generation: Generation, settings: Settings, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer one HTTP request for a notebook route of `generation`."""
+    answer = await _respond(generation, settings, scope, receive, send)
+    if answer is not None:
+        await answer(scope, receive, send)
+
+
+async def _respond(
+    generation: Generation, settings: Settings, scope: Scope, receive: Receive, send: Send
+) -> Response | None:
+    """The response to send, or None when it was streamed or the client left."""
+    method = scope["method"]
+    try:
+        found = generation.routes.match(_route_segments(scope), method)
+    except UnicodeDecodeError:
+        return error_response(400, "the path is not valid UTF-8 once percent-decoded")
+    if found is None:
+        return error_response(404, f"no route for {scope['path']}")
+    if isinstance(found, MethodNotAllowed):
+        allow = ", ".join((*found.allowed, "OPTIONS"))
+        if method == "OPTIONS":
+            return Response(status_code=200, headers={"Allow": allow})
+        return error_response(405, f"{scope['path']} does not accept {method}", {"Allow": allow})
+    return await _run_endpoint(generation, settings, found, scope, receive, send)
+
+
+async def _run_endpoint(
+    generation: Generation,
+    settings: Settings,
+    found: RouteMatch,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> Response | None:
+    endpoint = found.endpoint
+    try:
+        body = await _read_body(scope, receive, settings.max_body_size)
+        request_json = build_request_json(
+            RequestParts(scope["headers"], scope["query_string"], body, found.params),
+            hide_credentials=settings.auth_token is not None,
+        )
+    except _BodyTooLarge:
+        return error_response(
+            413, f"the request body is larger than {settings.max_body_size} bytes"
+        )
+    except BadRequest as exc:
+        return error_response(400, str(exc))
+    except _ClientGone:
+        return None
+    call = CellCall(endpoint.source, request_json, endpoint.response_info, endpoint.options.stream)
+    timeout = endpoint.options.timeout or settings.timeout
+    accept = _header(scope, b"accept")
+    if endpoint.options.stream:
+        await stream_cell(generation.pool, call, timeout, accept, scope, receive, send)
+        return None
+    try:
+        outcome = await generation.pool.execute(
+            call, timeout=timeout, disconnected=lambda: _disconnected(receive)
+        )
+    except Unavailable as exc:
+        return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+    except ExecutionTimeout as exc:
+        return error_response(504, str(exc))
+    return build_response(outcome, accept, label=endpoint.label)
+
+
+def _route_segments(scope: Scope) -> list[str]:
+    """The path below the mount point, as raw segments (so ``%2F`` stays inside one)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    route = path[len(root) :] if root and path.startswith(root) else path
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        raw = raw_path.decode("latin-1").split("?", 1)[0]
+        if unquote(raw) == path:
+            prefix_depth = path[: len(path) - len(route)].count("/")
+            segments: list[str] = raw.split("/")[prefix_depth + 1 :]
+            return segments
+    return split_raw_path(route)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), decoded as Latin-1."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
