@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import Process
 from tests.servers import ServerThread, write_notebook
 
 HOUSING_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "california_housing.csv"
@@ -40,6 +41,15 @@ def notebook(tmp_path: Path):  # type: ignore[no-untyped-def]
         return write_notebook(tmp_path / name, cells, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    """Processes started by a test; killed at teardown if the test left them running."""
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.close()
 
 
 __all__ = ["HOUSING_CSV", "ServerThread"]

@@ -24,8 +24,8 @@ import yaml
 
 from cellserve.settings import Settings, env_names
 from tests.conftest import HOUSING_CSV
+from tests.processes import Process, assert_gone, kernel_pids
 from tests.servers import free_port
-from tests.test_cli import Process, assert_gone, kernel_pids
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

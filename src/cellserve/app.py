@@ -134,12 +134,19 @@ class CellserveApp:
 
     def health(self) -> dict[str, Any]:
         if not self.service.started:
-            return {"status": "starting", "generation": 0, "kernels": {}, "queue": 0}
+            return {
+                "status": "starting",
+                "pid": os.getpid(),
+                "generation": 0,
+                "kernels": {},
+                "queue": 0,
+            }
         generation = self.service.current
         stats = generation.pool.stats()
         counts = {state.value: stats.count(state) for state in KernelState}
         return {
             "status": "ok" if counts["idle"] + counts["busy"] else "unavailable",
+            "pid": os.getpid(),  # which server process answered (see --workers)
             "notebook": generation.api.name,
             "generation": generation.number,
             "kernels": {state: n for state, n in counts.items() if n},

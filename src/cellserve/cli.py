@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -54,6 +55,12 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "most characters a cell may print before a 500 (default 64 MiB)",
     ),
     ("--static-path", "static_path", {"type": Path}, "serve this folder at /public/"),
+    (
+        "--workers",
+        "workers",
+        {"type": int},
+        "server processes sharing the port, each with its own kernels (default 1)",
+    ),
 )
 
 
@@ -112,9 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log_level)
     options = {option: getattr(args, option) for _, option, _, _ in _OPTIONS}
     for option in ("reload", "allow_credentials", "allow_notebook_download"):
         options[option] = getattr(args, option)
@@ -126,7 +131,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CellserveError as exc:
         print(f"cellserve: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        from cellserve.workers import serve_workers
+
+        build = functools.partial(_build, args.notebooks, settings)
+        logs = functools.partial(_configure_logging, args.log_level)
+        _log_start(settings)
+        return serve_workers(build, _hypercorn_config(settings), settings, logs)
     return _serve(app, settings)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _build(notebooks: list[str], settings: Settings) -> Any:
@@ -148,16 +166,27 @@ def _build(notebooks: list[str], settings: Settings) -> Any:
     return app_from_notebooks(notebooks, **options)
 
 
-def _serve(app: Any, settings: Settings) -> int:
-    from hypercorn.asyncio import serve
+def _hypercorn_config(settings: Settings) -> Any:
     from hypercorn.config import Config
-    from hypercorn.utils import LifespanFailureError
 
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.shutdown_grace
+    return config
+
+
+def _log_start(settings: Settings) -> None:
+    url = f"http://{settings.host}:{settings.port}{settings.mount_prefix}"
+    logger.info("starting kernels; the API will be at %s/ (docs: %s/docs)", url, url)
+
+
+def _serve(app: Any, settings: Settings) -> int:
+    from hypercorn.asyncio import serve
+    from hypercorn.utils import LifespanFailureError
+
+    config = _hypercorn_config(settings)
 
     async def until_signal() -> None:
         stop = asyncio.Event()
@@ -167,8 +196,7 @@ def _serve(app: Any, settings: Settings) -> int:
         await stop.wait()
         logger.info("stopping: finishing requests, then shutting kernels down")
 
-    url = f"http://{settings.host}:{settings.port}{settings.mount_prefix}"
-    logger.info("starting kernels; the API will be at %s/ (docs: %s/docs)", url, url)
+    _log_start(settings)
     try:
         _run(serve(app, config, shutdown_trigger=until_signal))
     except LifespanFailureError as exc:

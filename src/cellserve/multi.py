@@ -71,7 +71,8 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
     def status() -> tuple[bool, dict[str, Any]]:
         notebooks = {prefix: state.health() for prefix, state in states.items()}
         ok = all(health["status"] == "ok" for health in notebooks.values())
-        return ok, {"status": "ok" if ok else "degraded", "notebooks": notebooks}
+        body = {"status": "ok" if ok else "degraded", "pid": os.getpid(), "notebooks": notebooks}
+        return ok, body
 
     async def openapi(request: Request) -> Response:
         sections = [s for prefix, state in states.items() for s in state.sections(f"/{prefix}")]

@@ -53,6 +53,7 @@ class Settings:
     static_path: Path | None = None
     docs: bool = True
     start_on_first_request: bool = False
+    workers: int = 1
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
@@ -60,6 +61,8 @@ class Settings:
             object.__setattr__(self, "auth_token", None)
         if self.kernels < 1:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
+        if self.workers < 1:
+            raise SettingsError(f"workers must be at least 1, got {self.workers}")
         if self.execution not in ("fast", "execute"):
             raise SettingsError(f"execution must be 'fast' or 'execute', got {self.execution!r}")
         if not self.base_url.startswith("/"):

@@ -1,0 +1,167 @@
+"""``cellserve serve --workers N``: N server processes sharing one listening socket.
+
+This is hypercorn's worker model: the parent binds the socket, starts N workers with
+multiprocessing's *spawn* context and hands each one the socket, and the operating system
+spreads connections among the processes accepting on it. Each worker builds its own app, so
+it has its own kernels (N times ``--kernels`` in all), its own queue and its own reload watcher.
+``/_cellserve/health`` names the worker that answered by its ``pid``.
+
+The parent only supervises:
+
+* SIGINT or SIGTERM sets the shared stop event; every worker then stops (finishing its
+  requests within the shutdown grace, then stopping its kernels) and the parent waits for
+  them. Workers ignore SIGINT, so Ctrl-C in a terminal, which reaches the whole process
+  group, stops them through the parent, once. A worker also stops on its own SIGTERM, and
+  when its parent disappears.
+* SIGHUP is passed on to every worker: each reloads its notebooks.
+* A worker that exits by itself (a seed error at start-up, a crash) stops the others, and
+  the parent exits with that worker's status: restarting belongs to whatever runs cellserve
+  (systemd, Kubernetes), which then restarts the whole server cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
+from types import FrameType
+from typing import Any
+
+import anyio
+
+from cellserve.settings import Settings
+
+logger = logging.getLogger("cellserve.workers")
+
+_POLL_SECONDS = 0.1
+_KERNEL_STOP_SECONDS = 30
+
+
+def serve_workers(
+    build: Callable[[], Any],
+    config: Any,
+    settings: Settings,
+    prepare: Callable[[], None],
+) -> int:
+    """Serve the app that `build` makes from `settings.workers` processes; their exit status.
+
+    `build` and `prepare` run in each worker and must be picklable (module-level functions
+    or partials of them); `prepare` runs first, e.g. to configure logging. `config` is the
+    hypercorn ``Config`` every worker serves with.
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    sockets = config.create_sockets()
+    workers: list[BaseProcess] = []
+    stopping = False
+
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            logger.info("stopping %d workers: finishing requests, then kernels", len(workers))
+        stopping = True
+        stop.set()
+
+    def pass_on(signum: int, _: FrameType | None) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, signum)
+
+    # Workers inherit SIGINT ignored from the moment they exist (not only once their code
+    # runs), so Ctrl-C during their start-up does not kill them half-way.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for index in range(settings.workers):
+            worker = context.Process(
+                target=_worker,
+                name=f"cellserve-worker-{index}",
+                kwargs={
+                    "build": build,
+                    "prepare": prepare,
+                    "config": config,
+                    "sockets": sockets,
+                    "stop": stop,
+                },
+            )
+            worker.start()
+            workers.append(worker)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGHUP, pass_on)
+    logger.info("started %d workers: %s", len(workers), ", ".join(str(w.pid) for w in workers))
+
+    status = 0
+    running = list(workers)
+    while running and not stopping:
+        wait([worker.sentinel for worker in running], timeout=1.0)
+        for exited in [w for w in running if w.exitcode is not None]:
+            running.remove(exited)
+            status = status or (exited.exitcode or 0)
+            if not stopping:
+                logger.error(
+                    "worker %s exited with %s; stopping the others", exited.pid, exited.exitcode
+                )
+                stopping = True
+                stop.set()
+    status = _wait_or_kill(running, settings) or status
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.close()
+    return status
+
+
+def _wait_or_kill(running: list[BaseProcess], settings: Settings) -> int:
+    """Wait for stopping workers; kill those still running past every grace period."""
+    deadline = settings.shutdown_grace * 2 + _KERNEL_STOP_SECONDS
+    status = 0
+    for worker in running:
+        worker.join(deadline)
+        if worker.exitcode is None:
+            logger.error("worker %s did not stop in time; killing it", worker.pid)
+            worker.kill()
+            worker.join()
+        status = status or (worker.exitcode or 0)
+    return status
+
+
+def _worker(
+    *,
+    build: Callable[[], Any],
+    prepare: Callable[[], None],
+    config: Any,
+    sockets: Any,
+    stop: Event,
+) -> None:
+    """One worker process: build the app, serve it on the shared sockets until told to stop."""
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import LifespanFailureError, wrap_app
+
+    from cellserve.cli import _last_line, _run
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    prepare()
+    app = wrap_app(build(), config.wsgi_max_body_size, None)
+    parent = os.getppid()
+
+    async def until_stopped() -> None:
+        # The stop event is shared memory with no file descriptor to await, so it is polled,
+        # together with this worker's own SIGTERM and the parent's disappearance.
+        terminated = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+        while not (stop.is_set() or terminated.is_set() or os.getppid() != parent):  # noqa: ASYNC110
+            await anyio.sleep(_POLL_SECONDS)
+
+    try:
+        _run(worker_serve(app, config, sockets=sockets, shutdown_trigger=until_stopped))
+    except LifespanFailureError as exc:
+        reason = _last_line(str(exc))
+        print(f"cellserve: worker {os.getpid()}: start-up failed: {reason}", file=sys.stderr)
+        raise SystemExit(1) from None

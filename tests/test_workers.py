@@ -1,0 +1,77 @@
+"""``cellserve serve --workers N`` as a real process tree: serving, stopping, failing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.processes import CELLSERVE, Process, assert_gone
+from tests.servers import free_port
+
+CELLS = ["x = 1", "# GET /x\nprint(x)"]
+
+
+def _health_by_worker(url: str, workers: int, timeout: float = 60) -> dict[int, dict[str, object]]:
+    """Health answers keyed by the pid of the worker that gave them, until all have answered.
+
+    Each request opens a new connection, so the operating system may hand it to any worker.
+    """
+    seen: dict[int, dict[str, object]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only workers {sorted(seen)} answered"
+        with httpx.Client() as client:
+            health = client.get(url + "/_cellserve/health", timeout=10).json()
+        seen[health["pid"]] = health
+    return seen
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the process group", "sigterm to the parent"])
+def test_two_workers_serve_and_stop_leaving_no_kernel(
+    how: str, notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [CELLSERVE, "serve", str(notebook(CELLS)), "--workers", "2", "--port", str(port)]
+    server = Process([*args, "--no-reload"], tmp_path / "log", new_session=True)
+    processes.append(server)
+    server.wait_ready(url)
+
+    by_worker = _health_by_worker(url, 2)
+    children = {p.pid for p in psutil.Process(server.popen.pid).children()}
+    assert set(by_worker) <= children  # two processes of the server, not the server itself
+    kernels = [k["pid"] for h in by_worker.values() for k in h["stats"]["kernels"]]  # type: ignore[index]
+    assert len(set(kernels)) == 2  # each worker has its own kernel
+    assert httpx.get(url + "/x", timeout=30).text == "1\n"
+
+    if how == "sigterm to the parent":
+        server.popen.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(server.popen.pid, signal.SIGINT)
+    assert server.wait(timeout=60) == 0
+    assert_gone([*by_worker, *kernels])
+    assert "Traceback" not in server.output
+
+
+def test_a_worker_failing_to_start_stops_the_server_with_one_line(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    pid_file = tmp_path / "kernels.pid"
+    record_pid = f"import os\nprint(os.getpid(), file=open({str(pid_file)!r}, 'a'))"
+    path = notebook([record_pid, "1 / 0", "# GET /x\nprint(1)"])
+    args = [CELLSERVE, "serve", str(path), "--workers", "2", "--port", str(port), "--no-reload"]
+    server = Process(args, tmp_path / "log")
+    processes.append(server)
+    assert server.wait(timeout=120) == 1
+    failures = [line for line in server.output.splitlines() if "start-up failed" in line]
+    assert failures, server.output
+    assert "seed cell 2 raised ZeroDivisionError" in failures[0]
+    assert_gone([int(pid) for pid in pid_file.read_text().split()])
+    assert psutil.Process().children(recursive=True) == []  # no worker left
