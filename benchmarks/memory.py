@@ -30,7 +30,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ProcessMemory:
-    role: str  # "server" (the process bound to the port, or a worker) or "kernel"
+    role: str  # "server" (serving requests), "kernel", "parent" or "helper" (with workers)
     pid: int
     rss: int
     uss: int
@@ -74,13 +74,24 @@ def _exercise(url: str, requests: int) -> None:
 
 
 def measure_tree(root: psutil.Process) -> list[ProcessMemory]:
-    """The server processes (root and any workers) and the kernels they started."""
+    """The server processes (root, or its workers) and the kernels they started.
+
+    With ``--workers`` the root only supervises ("parent"); multiprocessing's resource
+    tracker is a "helper".
+    """
     found = []
-    for process in [root, *root.children(recursive=True)]:
+    descendants = root.children(recursive=True)
+    workers = any("multiprocessing.spawn" in " ".join(p.cmdline()) for p in descendants)
+    for process in [root, *descendants]:
         cmdline = " ".join(process.cmdline())
-        role = "kernel" if "ipykernel" in cmdline else "server"
-        if role == "server" and "multiprocessing.resource_tracker" in cmdline:
+        if "ipykernel" in cmdline:
+            role = "kernel"
+        elif "multiprocessing.resource_tracker" in cmdline:
             role = "helper"
+        elif process is root and workers:
+            role = "parent"
+        else:
+            role = "server"
         info = process.memory_full_info()
         found.append(ProcessMemory(role, process.pid, info.rss, info.uss))
     return found
@@ -119,7 +130,7 @@ def main() -> None:
     print(f"{'role':8} {'pid':>8} {'RSS MiB':>9} {'USS MiB':>9}")
     for p in processes:
         print(f"{p.role:8} {p.pid:8} {p.rss / MIB:9.1f} {p.uss / MIB:9.1f}")
-    for role in ("server", "kernel"):
+    for role in ("parent", "helper", "server", "kernel"):
         mine = [p for p in processes if p.role == role]
         if mine:
             uss = sum(p.uss for p in mine) / len(mine) / MIB
