@@ -144,8 +144,8 @@ def test_declared_statuses_are_read_from_the_response_info_source() -> None:
     )
     api = parse(["# POST /x\nok = True", info, "# GET /x\nprint(1)"])
     post, get = api.endpoints
-    assert post.declared_statuses == (201, 404)
-    assert get.declared_statuses == ()
+    assert post.response_info_statuses == (201, 404)
+    assert get.response_info_statuses == ()
 
 
 # -- cells that are not code ------------------------------------------------------------------
@@ -155,7 +155,8 @@ def test_markdown_and_raw_cells_are_ignored_for_routing_and_seeding() -> None:
     api = parse([("markdown", "# GET /ghost"), ("raw", "# GET /phantom"), "# GET /x\nprint(1)"])
     assert labels(api) == ["GET /x"]
     assert api.seeds == ()
-    assert api.endpoints[0].cell_numbers == (3,)  # cell numbers count every cell
+    # Cell numbers count code cells only, as Jupyter's [N] prompts after Run All.
+    assert api.endpoints[0].cell_numbers == (1,)
 
 
 def test_blank_code_cells_are_not_seeds() -> None:

@@ -69,7 +69,7 @@ def test_docs_come_from_markdown_and_comments() -> None:
     get = doc["paths"]["/price/{zip}/{size}"]["get"]
     assert get["summary"] == "Predict a price"
     assert get["description"].startswith("Given a zip code and a size.\n\n")
-    assert get["description"].endswith("Served by house_prices.ipynb cell(s) 3.")
+    assert get["description"].endswith("Served by house_prices.ipynb cell(s) 2.")
     post = doc["paths"]["/houses"]["post"]
     assert post["summary"] == "Add a house."
     assert post["description"].startswith("Answers 201 with its id.")
@@ -81,7 +81,7 @@ def test_response_info_statuses_are_declared() -> None:
     post = doc["paths"]["/houses"]["post"]["responses"]
     assert {"201", "409"} <= set(post)
     assert "200" not in post
-    assert post["201"]["description"] == "Declared by the ResponseInfo cell"
+    assert post["201"]["description"] == "Set by the ResponseInfo cell"
     get = doc["paths"]["/price/{zip}/{size}"]["get"]["responses"]
     assert "200" in get
     plain = doc["paths"]["/"]["get"]["responses"]

@@ -16,7 +16,19 @@ class CellserveError(Exception):
 
 
 class NotebookError(CellserveError):
-    """The notebook is unreadable or its annotations are wrong."""
+    """The notebook is unreadable or its annotations are wrong; `problems` lists every one."""
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+    @classmethod
+    def of(cls, problems: list[str]) -> NotebookError:
+        """One error for several problems: the first, and how many more `check` would list."""
+        first = problems[0]
+        if len(problems) > 1:
+            first += f" (and {len(problems) - 1} more; `cellserve check` lists them all)"
+        return cls(first, problems=tuple(problems))
 
 
 class SeedError(CellserveError):

@@ -10,6 +10,13 @@ Cells with the same verb and path are joined in notebook order; every other code
 seed cell, run once on each new kernel. cellserve also accepts PATCH, and reads optional
 directives from comment lines right under the annotation, e.g. ``# cellserve: stream`` or
 ``# cellserve: timeout=30``.
+
+Cell numbers in every message count code cells only, from 1, skipping empty ones: cell N is
+the cell Jupyter labels ``[N]`` after "Restart Kernel and Run All Cells". Markdown and raw
+cells have no number; a markdown cell is named by the code cell below it.
+
+The markdown cell directly above an endpoint gives its summary and description, and may
+declare its parameters, body and responses in a fenced YAML block (see declaration.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from typing import Any
 
 import nbformat
 
+from cellserve.declaration import (
+    Contract,
+    DeclarationError,
+    parse_declaration,
+    split_declaration,
+)
 from cellserve.exceptions import NotebookError
+from cellserve.statuses import response_info_statuses
+from cellserve.syntax import CellSyntaxError, find_syntax_error
 
 VERBS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
@@ -33,7 +48,6 @@ _COMMENT_PREFIXES: Mapping[str, str] = {
     for language in ("scala", "java", "kotlin", "javascript", "typescript", "c++", "go", "rust")
 }
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_STATUS_IN_SOURCE = re.compile(r"""["']status["']\s*:\s*([1-5][0-9][0-9])\b""")
 _DIRECTIVE = re.compile(r"cellserve:\s*(.*)")
 
 
@@ -107,13 +121,9 @@ class Endpoint:
     summary: str | None = None
     description: str | None = None
     options: RouteOptions = RouteOptions()
-
-    @property
-    def declared_statuses(self) -> tuple[int, ...]:
-        """Status codes a ResponseInfo cell visibly sets (best effort, for the docs)."""
-        if self.response_info is None:
-            return ()
-        return tuple(sorted({int(m) for m in _STATUS_IN_SOURCE.findall(self.response_info)}))
+    contract: Contract | None = None
+    response_info_statuses: tuple[int, ...] = ()
+    syntax_error: CellSyntaxError | None = None
 
     @property
     def label(self) -> str:
@@ -182,9 +192,11 @@ def parse_notebook_text(
         cells = list(notebook["cells"])
     except (KeyError, TypeError, ValueError, AttributeError, nbformat.ValidationError) as exc:
         raise NotebookError(f"{name} is not an nbformat v4 notebook: {exc}") from exc
-    for number, cell in enumerate(cells, start=1):
+    for position, cell in enumerate(cells, start=1):
         if not isinstance(cell, Mapping):
-            raise NotebookError(f"{name} cell {number} is not a notebook cell: {cell!r:.60}")
+            raise NotebookError(
+                f"{name}: item {position} of `cells` is not a notebook cell: {cell!r:.60}"
+            )
     metadata = notebook.get("metadata", {})
     if not isinstance(metadata, Mapping):
         raise NotebookError(f"{name}: metadata must be a JSON object")
@@ -203,9 +215,11 @@ class _Draft:
     sources: list[str] = field(default_factory=list)
     cell_numbers: list[int] = field(default_factory=list)
     info_sources: list[str] = field(default_factory=list)
+    info_cell_numbers: list[int] = field(default_factory=list)
     markdown_above: str | None = None
     first_comment: list[str] = field(default_factory=list)
     options: RouteOptions = RouteOptions()
+    contract: Contract | None = None
 
 
 def _describe(
@@ -232,33 +246,30 @@ def _describe(
     infos: list[tuple[int, str, str, str]] = []
     seeds: list[SeedCell] = []
     warnings: list[str] = []
+    problems: list[str] = []
     previous_markdown: str | None = None
-    for number, cell in enumerate(cells, start=1):
+    number = 0
+    for cell in cells:
         source = _cell_source(cell)
         kind = cell.get("cell_type")
         if kind == "markdown":
             previous_markdown = source
             continue
-        if kind != "code":
+        if kind != "code" or not source.strip():
             previous_markdown = None
             continue
+        number += 1
         info = info_re.match(source)
         endpoint = None if info else endpoint_re.match(source)
         if info:
             infos.append((number, info.group(1), info.group(2).strip(), source))
         elif endpoint:
-            verb, raw_path = endpoint.group(1), endpoint.group(2).strip()
-            template = _parse_path(raw_path, name, number, source)
-            comments = _comment_lines_after_annotation(source, prefix)
-            draft = drafts.get((verb, raw_path))
-            if draft is None:
-                draft = drafts[(verb, raw_path)] = _Draft(verb, template)
-                draft.markdown_above = previous_markdown
-                draft.first_comment = comments
-            draft.options = _parse_directives(comments, name, number, draft.options)
-            draft.sources.append(source)
-            draft.cell_numbers.append(number)
-        elif source.strip():
+            try:
+                markdown = previous_markdown
+                _add_endpoint_cell(drafts, endpoint, source, number, markdown, name, prefix)
+            except NotebookError as exc:
+                problems.append(str(exc))
+        else:
             seeds.append(SeedCell(number, source))
         previous_markdown = None
 
@@ -271,13 +282,21 @@ def _describe(
             )
         else:
             target.info_sources.append(source)
+            target.info_cell_numbers.append(number)
 
+    if problems:
+        raise NotebookError.of(problems)
     if not drafts:
         raise NotebookError(
             f"{name} declares no endpoints: start a code cell with a line like "
             f"`{prefix} GET /hello` to serve it"
         )
-    endpoints = tuple(_finish(draft) for draft in drafts.values())
+    endpoints = tuple(_finish(draft, language) for draft in drafts.values())
+    warnings += [
+        f"{e.syntax_error.describe(name)}; requests to it answer 500 until it is fixed"
+        for e in endpoints
+        if e.syntax_error is not None
+    ]
     return NotebookApi(
         name=name,
         kernel_name=kernel_name or str(kernelspec.get("name") or "python3"),
@@ -296,6 +315,45 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def _cell_source(cell: Mapping[str, Any]) -> str:
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _add_endpoint_cell(
+    drafts: dict[tuple[str, str], _Draft],
+    annotation: re.Match[str],
+    source: str,
+    number: int,
+    markdown_above: str | None,
+    name: str,
+    prefix: str,
+) -> None:
+    verb, raw_path = annotation.group(1), annotation.group(2).strip()
+    template = _parse_path(raw_path, name, number, source)
+    comments = _comment_lines_after_annotation(source, prefix)
+    draft = drafts.get((verb, raw_path))
+    if draft is None:
+        draft = drafts[(verb, raw_path)] = _Draft(verb, template)
+        draft.markdown_above, draft.contract = _declared(markdown_above, template, name, number)
+        draft.first_comment = comments
+    draft.options = _parse_directives(comments, name, number, draft.options)
+    draft.sources.append(source)
+    draft.cell_numbers.append(number)
+
+
+def _declared(
+    markdown: str | None, template: PathTemplate, name: str, number: int
+) -> tuple[str | None, Contract | None]:
+    """The markdown above an endpoint without its YAML block, and the Contract it declares."""
+    if markdown is None:
+        return None, None
+    try:
+        text, first_line, rest = split_declaration(markdown)
+        if text is None:
+            return markdown, None
+        return rest, parse_declaration(text, first_line, template.param_names)
+    except DeclarationError as exc:
+        raise NotebookError(
+            f"{name}, markdown cell above cell {number}, line {exc.line}: {exc}"
+        ) from exc
 
 
 def _parse_path(raw_path: str, name: str, number: int, source: str) -> PathTemplate:
@@ -348,18 +406,40 @@ def _parse_directives(
     return RouteOptions(stream=stream, timeout=timeout)
 
 
-def _finish(draft: _Draft) -> Endpoint:
+def _finish(draft: _Draft, language: str) -> Endpoint:
     summary, description = _docs_from(draft.markdown_above, draft.first_comment)
+    response_info = "".join(s + "\n" for s in draft.info_sources) or None
     return Endpoint(
         verb=draft.verb,
         path=draft.path,
         source="".join(s + "\n" for s in draft.sources),
         cell_numbers=tuple(draft.cell_numbers),
-        response_info="".join(s + "\n" for s in draft.info_sources) or None,
+        response_info=response_info,
         summary=summary,
         description=description,
         options=draft.options,
+        contract=draft.contract,
+        response_info_statuses=response_info_statuses(response_info or "", language),
+        syntax_error=_first_syntax_error(draft, language),
     )
+
+
+def _first_syntax_error(draft: _Draft, language: str) -> CellSyntaxError | None:
+    if language.lower() != "python":
+        return None
+    label = f"{draft.verb} {draft.path.raw}"
+    cells = [
+        *((n, source, label) for n, source in zip(draft.cell_numbers, draft.sources, strict=True)),
+        *(
+            (n, source, f"ResponseInfo {label}")
+            for n, source in zip(draft.info_cell_numbers, draft.info_sources, strict=True)
+        ),
+    ]
+    for number, source, route in cells:
+        error = find_syntax_error(source, cell=number, route=route)
+        if error is not None:
+            return error
+    return None
 
 
 def _docs_from(markdown: str | None, comments: list[str]) -> tuple[str | None, str | None]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cellserve.declaration import Contract, Parameter
 from cellserve.notebook import Endpoint, NotebookApi
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -15,6 +16,7 @@ _SERVER_ERRORS = {
     "404": "No such route",
     "405": "The path exists but not with this method",
     "413": "The request body is larger than the server accepts",
+    "422": "The request does not match the route's declaration",
     "500": "The cell raised an error (body: `Error {ename}: {evalue}`)",
     "503": "No kernel could take the request (queue full, queue timeout or kernel restarting)",
     "504": "The cell ran past its timeout and was interrupted",
@@ -64,19 +66,16 @@ def openapi_document(
 
 
 def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, Any]:
-    statuses = endpoint.declared_statuses or (200,)
-    responses: dict[str, Any] = {
-        str(code): {
-            "description": "Declared by the ResponseInfo cell"
-            if endpoint.response_info
-            else "What the cell prints"
-        }
-        for code in statuses
-    }
+    contract = endpoint.contract or Contract()
+    responses = _responses(endpoint, contract)
     for code, description in _SERVER_ERRORS.items():
         if code == "405" or code in responses:
             continue
         if code in ("400", "413") and endpoint.verb not in _BODY_VERBS:
+            continue
+        if code == "422":
+            if contract.validates_requests:
+                responses[code] = _PROBLEMS_RESPONSE
             continue
         responses[code] = {"description": description}
     if auth:
@@ -84,7 +83,7 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
     operation: dict[str, Any] = {
         "operationId": _operation_id(section.prefix, endpoint),
         "tags": [_tag(section)],
-        "responses": responses,
+        "responses": dict(sorted(responses.items(), key=lambda item: item[0] == "default")),
     }
     if endpoint.summary:
         operation["summary"] = endpoint.summary
@@ -93,12 +92,26 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
     operation["description"] = (description + "\n\n" if description else "") + (
         f"Served by {section.api.name} cell(s) {cells}."
     )
-    if endpoint.path.param_names:
-        operation["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in endpoint.path.param_names
-        ]
-    if endpoint.verb in _BODY_VERBS:
+    parameters = contract.parameters or tuple(
+        Parameter(name, "path", {"type": "string"}, True) for name in endpoint.path.param_names
+    )
+    if parameters:
+        operation["parameters"] = [_parameter(p) for p in parameters]
+    if contract.body is not None:
+        media: dict[str, Any] = {"schema": dict(contract.body.schema)}
+        if contract.body.example is not None:
+            media["example"] = contract.body.example
+        operation["requestBody"] = {
+            "required": contract.body.required,
+            "description": contract.body.description
+            or "JSON bodies are checked against this schema (422 otherwise); form bodies "
+            "reach the cell unchecked, as Kernel Gateway passes them.",
+            "content": {
+                "application/json": media,
+                "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+            },
+        }
+    elif endpoint.verb in _BODY_VERBS:
         operation["requestBody"] = {
             "required": False,
             "content": {
@@ -109,6 +122,81 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
             },
         }
     return operation
+
+
+_PROBLEMS_RESPONSE: dict[str, Any] = {
+    "description": "The request does not match the route's declaration; nothing was run",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["reason", "message", "problems"],
+                "properties": {
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "problems": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "in": {"enum": ["path", "query", "body"]},
+                                "at": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def _responses(endpoint: Endpoint, contract: Contract) -> dict[str, Any]:
+    """Declared responses, plus the statuses the ResponseInfo cell's code can set.
+
+    With no declaration and no status found in the code, the cell's answer is a 200 (no
+    ResponseInfo cell) or a 200 plus a `default` (a ResponseInfo cell that sets something).
+    """
+    if endpoint.response_info is None:
+        found: dict[str, str] = {"200": "What the cell prints"}
+    elif endpoint.response_info_statuses:
+        found = {
+            str(code): "Set by the ResponseInfo cell" for code in endpoint.response_info_statuses
+        }
+    else:
+        found = {
+            "200": "What the cell prints",
+            "default": "Whatever status the ResponseInfo cell sets",
+        }
+    responses: dict[str, Any] = {code: {"description": text} for code, text in found.items()}
+    if contract.responses:
+        responses.pop("default", None)  # the declaration says what the cell can answer
+    for declared in contract.responses:
+        entry: dict[str, Any] = {"description": declared.description}
+        media: dict[str, Any] = {}
+        if declared.schema is not None:
+            media["schema"] = dict(declared.schema)
+        if declared.example is not None:
+            media["example"] = declared.example
+        if media:
+            entry["content"] = {declared.content_type: media}
+        responses[declared.status] = entry
+    return dict(sorted(responses.items()))
+
+
+def _parameter(parameter: Parameter) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": parameter.name,
+        "in": parameter.location,
+        "required": parameter.required,
+        "schema": dict(parameter.schema),
+    }
+    if parameter.description:
+        entry["description"] = parameter.description
+    if parameter.example is not None:
+        entry["example"] = parameter.example
+    return entry
 
 
 def _tag(section: Section) -> str:

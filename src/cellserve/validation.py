@@ -1,0 +1,163 @@
+"""Check a request against its route's declared Contract, before any kernel is involved.
+
+Query and path values arrive as text; each is converted to the declared type first (``"3"`` to
+``3`` for an integer, ``"true"`` to ``True`` for a boolean), then checked with the JSON Schema
+(2020-12) validator. The cell still receives Kernel Gateway's ``REQUEST`` shape (strings in
+lists); a declared default fills in a query parameter the client left out.
+
+JSON bodies are checked against the body schema; form and multipart bodies reach the cell
+unchecked, as Kernel Gateway passes them, since their values are lists of strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from cellserve.declaration import Contract, Parameter
+
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One way a request breaks the contract: where (``in`` and ``at``) and what."""
+
+    location: str
+    at: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"in": self.location, "at": self.at, "message": self.message}
+
+
+def check_request(
+    contract: Contract, request: MutableMapping[str, Any], raw_body: bytes
+) -> list[Problem]:
+    """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received).
+
+    Fills declared defaults of missing query parameters into ``request["args"]``.
+    """
+    problems: list[Problem] = []
+    media_type = _media_type(request["headers"].get("Content-Type", ""))
+    args: MutableMapping[str, list[str]] = request["args"]
+    for parameter in contract.parameters:
+        if parameter.location == "path":
+            problems += _check_value(parameter, request["path"][parameter.name])
+        elif parameter.name in args:
+            problems += _check_query(parameter, args[parameter.name])
+        elif "default" in parameter.schema:
+            default = parameter.schema["default"]
+            values = default if isinstance(default, list) else [default]
+            args[parameter.name] = [_as_text(v) for v in values]
+        elif parameter.required:
+            problems.append(Problem("query", parameter.name, "a required parameter is missing"))
+    if contract.body is not None and media_type not in _FORMS:
+        problems += _check_body(contract, request["body"], media_type, raw_body)
+    return problems
+
+
+def _check_query(parameter: Parameter, values: list[str]) -> list[Problem]:
+    if _is_array(parameter.schema):
+        items = parameter.schema.get("items", {})
+        converted = [_convert(v, items if isinstance(items, Mapping) else {}) for v in values]
+        return _schema_problems(parameter.schema, converted, "query", parameter.name)
+    if len(values) > 1:
+        return [Problem("query", parameter.name, f"given {len(values)} times; expects one value")]
+    return _check_value(parameter, values[0])
+
+
+def _check_value(parameter: Parameter, text: str) -> list[Problem]:
+    value = _convert(text, parameter.schema)
+    return _schema_problems(parameter.schema, value, parameter.location, parameter.name)
+
+
+def _check_body(contract: Contract, body: Any, media_type: str, raw_body: bytes) -> list[Problem]:
+    assert contract.body is not None
+    if not raw_body:
+        if contract.body.required:
+            return [Problem("body", "", "a JSON body is required (Content-Type: application/json)")]
+        return []
+    if media_type != "application/json":
+        shown = media_type or "none"
+        return [Problem("body", "", f"send JSON with Content-Type: application/json (got {shown})")]
+    if isinstance(body, str) and not _is_json(raw_body):
+        return [Problem("body", "", "the body is not valid JSON")]
+    return _schema_problems(contract.body.schema, body, "body", None)
+
+
+def _schema_problems(
+    schema: Mapping[str, Any], value: Any, location: str, name: str | None
+) -> list[Problem]:
+    problems = []
+    for error in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value):
+        if name is None:
+            at = "".join(f"/{_escape(part)}" for part in error.absolute_path)
+        else:
+            at = name + "".join(f"[{part}]" for part in error.absolute_path)
+        problems.append(Problem(location, at, error.message))
+    return sorted(problems, key=lambda p: p.at)
+
+
+@lru_cache(maxsize=512)
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        json.loads(schema_json), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _convert(text: str, schema: Mapping[str, Any]) -> Any:
+    """`text` as the first declared type it reads as; unchanged when none fits."""
+    declared = schema.get("type", "string")
+    for kind in declared if isinstance(declared, list) else [declared]:
+        if kind == "integer" and _INTEGER.match(text):
+            return int(text)
+        if kind == "number":
+            try:
+                number = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                return int(text) if _INTEGER.match(text) else number
+        if kind == "boolean" and text in ("true", "false"):
+            return text == "true"
+        if kind == "null" and text in ("", "null"):
+            return None
+        if kind == "string":
+            return text
+    return text
+
+
+def _media_type(content_type: str | list[str]) -> str:
+    first = content_type[0] if isinstance(content_type, list) else content_type
+    return first.split(";", 1)[0].strip().lower()
+
+
+def _is_array(schema: Mapping[str, Any]) -> bool:
+    declared = schema.get("type")
+    return declared == "array" or (isinstance(declared, list) and "array" in declared)
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _escape(part: object) -> str:
+    """A JSON Pointer token (RFC 6901)."""
+    return str(part).replace("~", "~0").replace("/", "~1")
