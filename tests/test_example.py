@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 
 from cellserve import app_from_notebook
 from tests.conftest import HOUSING_CSV
@@ -79,20 +80,67 @@ def test_get_price_from_a_form(client: httpx.Client) -> None:
     assert response.json()["price"] == json_price
 
 
-def test_missing_feature_is_a_400(client: httpx.Client) -> None:
+def requests_served(client: httpx.Client) -> int:
+    served: int = client.get("/_cellserve/health").json()["stats"]["requests_served"]
+    return served
+
+
+def test_json_body_breaking_the_declaration_is_a_422_without_a_kernel(
+    client: httpx.Client,
+) -> None:
     house = {name: value for name, value in HOUSE.items() if name != "Longitude"}
-    response = client.post("/get_price", json=house)
+    before = requests_served(client)
+    wrong_type = client.post("/get_price", json={**HOUSE, "MedInc": "lots"})
+    missing = client.post("/get_price", json=house)
+    not_json = client.post("/get_price", content=b"{", headers={"Content-Type": "application/json"})
+    assert requests_served(client) == before  # no kernel ran any of them
+
+    assert wrong_type.status_code == 422
+    assert wrong_type.headers["content-type"] == "application/json"
+    assert wrong_type.json()["problems"] == [
+        {"in": "body", "at": "/MedInc", "message": "'lots' is not of type 'number'"}
+    ]
+    assert missing.status_code == 422
+    assert missing.json()["problems"] == [
+        {"in": "body", "at": "", "message": "'Longitude' is a required property"}
+    ]
+    assert not_json.status_code == 422
+    assert "not valid JSON" in not_json.json()["problems"][0]["message"]
+    # Requests that match still reach the kernel.
+    assert client.post("/get_price", json=HOUSE).status_code == 200
+    assert requests_served(client) == before + 1
+
+
+def test_form_with_a_missing_feature_is_the_cells_400(client: httpx.Client) -> None:
+    form = {name: str(value) for name, value in HOUSE.items() if name != "Longitude"}
+    response = client.post("/get_price", data=form)
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": "invalid house features", "missing": ["Longitude"]}
 
 
-def test_non_numeric_feature_is_a_400(client: httpx.Client) -> None:
-    response = client.post("/get_price", json={**HOUSE, "MedInc": "lots"})
+def test_form_with_a_non_numeric_feature_is_the_cells_400(client: httpx.Client) -> None:
+    form = {name: str(value) for name, value in HOUSE.items()}
+    response = client.post("/get_price", data={**form, "MedInc": "lots"})
     assert response.status_code == 400
     assert response.json() == {"error": "invalid house features", "not_numeric": ["MedInc"]}
     # The failed request leaves the kernel able to answer the next one.
     assert client.post("/get_price", json=HOUSE).status_code == 200
+
+
+def test_openapi_lists_200_and_400_with_a_typed_body_and_an_example(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    validate(spec)
+    operation = spec["paths"]["/get_price"]["post"]
+    assert {"200", "400", "422"} <= set(operation["responses"])
+    body = operation["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["MedInc"]["type"] == "number"
+    assert len(body["schema"]["required"]) == 8
+    assert body["example"] == HOUSE
+    price = operation["responses"]["200"]["content"]["application/json"]
+    assert price["schema"]["properties"]["price"] == {"type": "number"}
+    stats = spec["paths"]["/housing_stats"]["get"]["responses"]["200"]
+    assert stats["content"]["application/json"]["example"]["total_houses"] == 20640
 
 
 def test_client_script(server: ServerThread) -> None:

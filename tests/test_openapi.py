@@ -176,3 +176,73 @@ def test_kernel_gateway_swagger_keeps_colon_params_and_title_up_to_first_dot() -
     spec = kernel_gateway_swagger(api(["# GET /hello/:name\nprint(1)"], name="kgc_api.v2.ipynb"))
     assert spec["info"]["title"] == "kgc_api"
     assert list(spec["paths"]) == ["/hello/:name"]
+
+
+# -- declared contracts -----------------------------------------------------------------------
+
+DECLARED = [
+    "import json",
+    (
+        "markdown",
+        "## Price\n\n```yaml\npath:\n  zip: {type: integer, example: 94110}\nquery:\n"
+        "  rooms: {type: integer, default: 3, description: how many}\n"
+        "  kind: {enum: [house, flat], required: true, example: flat}\n"
+        "body:\n  schema: {type: object, required: [size], properties: {size: {type: number}}}\n"
+        "  example: {size: 120}\nresponses:\n  200:\n    description: The price\n"
+        "    schema: {type: object, properties: {price: {type: number}}}\n"
+        "    example: {price: 1.5}\n  404: No such zip code\n```",
+    ),
+    "# POST /price/:zip\nprint(1)",
+    '# ResponseInfo POST /price/:zip\nprint(json.dumps({"status": 404 if gone else 200}))',
+    "# GET /plain\nprint(1)",
+    "# ResponseInfo GET /plain\nprint(json.dumps(compute_info()))",
+]
+
+
+def test_declared_contract_gives_typed_parameters_body_and_responses() -> None:
+    doc = document(Section("", api(DECLARED)))
+    validate(doc)
+    operation = doc["paths"]["/price/{zip}"]["post"]
+    assert operation["summary"] == "Price"
+    assert "yaml" not in operation["description"]
+    assert operation["parameters"] == [
+        {
+            "name": "zip",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer"},
+            "example": 94110,
+        },
+        {
+            "name": "rooms",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "default": 3},
+            "description": "how many",
+        },
+        {
+            "name": "kind",
+            "in": "query",
+            "required": True,
+            "schema": {"enum": ["house", "flat"]},
+            "example": "flat",
+        },
+    ]
+    body = operation["requestBody"]
+    assert body["required"] is True
+    # Swagger UI's "Try it out" starts from the example.
+    assert body["content"]["application/json"]["example"] == {"size": 120}
+    assert body["content"]["application/json"]["schema"]["required"] == ["size"]
+    responses = operation["responses"]
+    assert responses["200"]["content"]["application/json"]["example"] == {"price": 1.5}
+    assert responses["404"] == {"description": "No such zip code"}
+    assert "problems" in responses["422"]["content"]["application/json"]["schema"]["properties"]
+
+
+def test_statuses_the_response_info_code_cannot_show_fall_back_to_200_and_default() -> None:
+    doc = document(Section("", api(DECLARED)))
+    responses = doc["paths"]["/plain"]["get"]["responses"]
+    assert responses["200"]["description"] == "What the cell prints"
+    assert responses["default"]["description"] == "Whatever status the ResponseInfo cell sets"
+    assert list(responses)[-1] == "default"
+    assert "422" not in responses  # nothing declared, nothing checked

@@ -179,13 +179,20 @@ class _Reader:
             raise DeclarationError(first_line, f"values must be plain JSON: {exc}") from exc
 
     def line(self, keys: Sequence[object]) -> int:
-        node = self.root
+        """The line of the entry at `keys` (of its key, for a mapping entry)."""
+        node = shown = self.root
         for key in keys:
             if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value if k.value == str(key)), node)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                node = node.value[key] if key < len(node.value) else node
-        return self.first_line + (node.start_mark.line if node is not None else 0)
+                pair = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+                if pair is not None:
+                    shown, node = pair
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(key, int)
+                and key < len(node.value)
+            ):
+                shown = node = node.value[key]
+        return self.first_line + (shown.start_mark.line if shown is not None else 0)
 
     def error(self, keys: Sequence[object], message: str) -> DeclarationError:
         where = ".".join(str(k) for k in keys)

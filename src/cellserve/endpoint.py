@@ -1,23 +1,30 @@
 """One notebook request, served by one pinned generation.
 
-route (404/405, no kernel) → body (413) → ``REQUEST`` (400) → pool (503/504) → response.
+route (404/405, no kernel) → compiled? (500) → body (413) → ``REQUEST`` (400)
+      → declared contract (422) → pool (503/504) → response.
+
+Nothing before the pool takes a kernel: a route whose cell does not compile and a request
+that breaks the route's declaration are answered without one.
 """
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
 from cellserve.pool import ExecutionTimeout, Unavailable
-from cellserve.request import BadRequest, RequestParts, build_request_json
+from cellserve.request import BadRequest, RequestParts, build_request_value
 from cellserve.response import build_response, error_response
 from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
 from cellserve.service import Generation
 from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
+from cellserve.syntax import CellSyntaxError
+from cellserve.validation import Problem, check_request
 
 
 class _ClientGone(Exception):
@@ -65,9 +72,11 @@ async def _run_endpoint(
     send: Send,
 ) -> Response | None:
     endpoint = found.endpoint
+    if endpoint.syntax_error is not None:
+        return _syntax_error_response(endpoint.syntax_error)
     try:
         body = await _read_body(scope, receive, settings.max_body_size)
-        request_json = build_request_json(
+        request = build_request_value(
             RequestParts(scope["headers"], scope["query_string"], body, found.params),
             hide_credentials=settings.auth_token is not None,
         )
@@ -79,6 +88,11 @@ async def _run_endpoint(
         return error_response(400, str(exc))
     except _ClientGone:
         return None
+    if endpoint.contract is not None and endpoint.contract.validates_requests:
+        problems = check_request(endpoint.contract, request, body)
+        if problems:
+            return _problems_response(endpoint.label, problems)
+    request_json = json.dumps(request)
     call = CellCall(endpoint.source, request_json, endpoint.response_info, endpoint.options.stream)
     timeout = endpoint.options.timeout or settings.timeout
     accept = _header(scope, b"accept")
@@ -94,6 +108,23 @@ async def _run_endpoint(
     except ExecutionTimeout as exc:
         return error_response(504, str(exc))
     return build_response(outcome, accept, label=endpoint.label)
+
+
+def _syntax_error_response(error: CellSyntaxError) -> Response:
+    """Kernel Gateway's 500 for a cell error, naming the route and cell instead of a file."""
+    return Response(
+        f"Error {error.kind}: {error.evalue} \n", 500, headers={"Content-Type": "text/plain"}
+    )
+
+
+def _problems_response(label: str, problems: list[Problem]) -> Response:
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    body = {
+        "reason": "Unprocessable Entity",
+        "message": f"the request does not match the declaration of {label}: {count}",
+        "problems": [problem.as_json() for problem in problems],
+    }
+    return JSONResponse(body, status_code=422)
 
 
 def _route_segments(scope: Scope) -> list[str]:

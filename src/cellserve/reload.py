@@ -6,6 +6,9 @@ A reload does the least work the change needs (``classify``, pure):
 * only endpoint or ResponseInfo cells changed → new route table, same (still seeded) kernels;
 * a seed cell or the kernel changed → a new pool, seeded before the swap.
 
+A reload that would break a route which compiled (a syntax error in an endpoint or
+ResponseInfo cell) is refused: the old version keeps serving (``check_new_syntax_errors``).
+
 ``NotebookService.reload`` (service.py) applies it; this module only decides and triggers.
 """
 
@@ -21,6 +24,7 @@ from typing import Protocol
 
 import anyio
 
+from cellserve.exceptions import NotebookError
 from cellserve.notebook import Endpoint, NotebookApi
 
 
@@ -53,6 +57,19 @@ def classify(old: NotebookApi, new: NotebookApi) -> Change:
     if old != new:
         return Change.DOCS
     return Change.NONE
+
+
+def check_new_syntax_errors(old: NotebookApi, new: NotebookApi) -> None:
+    """Refuse `new` if it has a syntax error `old` did not have (an old one is tolerated, as
+    at start-up: that route answers 500, as Kernel Gateway would)."""
+    before = {e.label: e.syntax_error for e in old.endpoints}
+    problems = [
+        f"{e.syntax_error.describe(new.name)}; the previous version keeps serving"
+        for e in new.endpoints
+        if e.syntax_error is not None and before.get(e.label) != e.syntax_error
+    ]
+    if problems:
+        raise NotebookError.of(problems)
 
 
 def describe_change(old: NotebookApi, new: NotebookApi) -> str:

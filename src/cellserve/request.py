@@ -44,7 +44,12 @@ class RequestParts:
 
 
 def build_request_json(parts: RequestParts, *, hide_credentials: bool = False) -> str:
-    """The JSON string assigned to ``REQUEST``; raise BadRequest for undecodable input.
+    """The JSON string assigned to ``REQUEST``; raise BadRequest for undecodable input."""
+    return json.dumps(build_request_value(parts, hide_credentials=hide_credentials))
+
+
+def build_request_value(parts: RequestParts, *, hide_credentials: bool = False) -> dict[str, Any]:
+    """The ``REQUEST`` value before encoding; raise BadRequest for undecodable input.
 
     With `hide_credentials`, the ``token`` query argument and the ``Authorization`` header are
     left out so the notebook never sees the server's auth token.
@@ -64,7 +69,7 @@ def build_request_json(parts: RequestParts, *, hide_credentials: bool = False) -
         "headers": headers,
     }
     value.update(_parse_body(parts.body, content_type))
-    return json.dumps(value)
+    return value
 
 
 def _title_case_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:

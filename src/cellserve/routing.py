@@ -24,14 +24,24 @@ RESERVED_PREFIXES = (ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX)
 
 def check_reserved(api: NotebookApi) -> None:
     """Refuse a notebook route under a prefix cellserve serves itself."""
+    problems = reserved_route_problems(api)
+    if problems:
+        raise NotebookError.of(problems)
+
+
+def reserved_route_problems(api: NotebookApi) -> list[str]:
+    """One message per notebook route under a prefix cellserve serves itself."""
+    problems = []
     for endpoint in api.endpoints:
         path = endpoint.path.raw
         for prefix in RESERVED_PREFIXES:
             if path == prefix or path.startswith(prefix + "/"):
-                raise NotebookError(
-                    f"{api.name} cells {list(endpoint.cell_numbers)}: `{endpoint.label}` is under "
-                    f"{prefix}/, which cellserve reserves for its own endpoints; rename the route"
+                cells = ", ".join(str(n) for n in endpoint.cell_numbers)
+                problems.append(
+                    f"{api.name} cell {cells}: `{endpoint.label}` is under {prefix}/, which "
+                    "cellserve reserves for its own endpoints; rename the route"
                 )
+    return problems
 
 
 @dataclass(frozen=True)

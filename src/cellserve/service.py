@@ -28,7 +28,14 @@ from cellserve.exceptions import CellserveError, NotebookError, SeedError
 from cellserve.kernels import KernelConfig
 from cellserve.notebook import NotebookApi, parse_notebook_text
 from cellserve.pool import KernelPool, PoolLimits
-from cellserve.reload import Change, ReloadResult, classify, describe_change, watch_file
+from cellserve.reload import (
+    Change,
+    ReloadResult,
+    check_new_syntax_errors,
+    classify,
+    describe_change,
+    watch_file,
+)
 from cellserve.routing import RouteTable, check_reserved
 from cellserve.settings import Settings
 
@@ -189,6 +196,7 @@ class NotebookService:
                 if text == self._text:
                     return self._record(Change.NONE, started, trigger, "")
                 api = self._parse(text)
+                check_new_syntax_errors(old.api, api)
                 change = classify(old.api, api)
                 details = describe_change(old.api, api)
                 if change is Change.KERNELS:

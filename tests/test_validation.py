@@ -1,0 +1,156 @@
+"""validation.py: requests checked against a declared Contract (pure, no kernel)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cellserve.declaration import Contract, parse_declaration
+from cellserve.validation import check_request
+
+CONTRACT = parse_declaration(
+    """
+path:
+  zip: {type: integer, minimum: 10000}
+query:
+  rooms: {type: integer, minimum: 1, default: 3}
+  kind: {enum: [house, flat], required: true}
+  near: {type: number}
+  new: boolean
+  tags: {type: array, items: {type: integer}}
+body:
+  schema:
+    type: object
+    required: [size]
+    properties: {size: {type: number}, owner: {type: object, properties: {name: {type: string}}}}
+""",
+    1,
+    ["zip"],
+)
+
+
+def request(
+    args: dict[str, list[str]] | None = None,
+    path: dict[str, str] | None = None,
+    body: Any = None,
+    content_type: str | None = "application/json",
+) -> tuple[dict[str, Any], bytes]:
+    body = {"size": 100} if body is None else body
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    value = {
+        "args": {"kind": ["house"]} if args is None else args,
+        "path": {"zip": "94110"} if path is None else path,
+        "headers": {"Content-Type": content_type} if content_type else {},
+        "body": body,
+    }
+    return value, raw
+
+
+def problems(contract: Contract = CONTRACT, **kwargs: Any) -> list[dict[str, str]]:
+    value, raw = request(**kwargs)
+    return [p.as_json() for p in check_request(contract, value, raw)]
+
+
+def test_a_matching_request_has_no_problems_and_gets_defaults() -> None:
+    value, raw = request(args={"kind": ["flat"], "near": ["1.5"], "new": ["true"]})
+    assert check_request(CONTRACT, value, raw) == []
+    # The cell still sees Kernel Gateway's shape: strings in lists, the default filled in.
+    assert value["args"] == {"kind": ["flat"], "near": ["1.5"], "new": ["true"], "rooms": ["3"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, [("query", "kind", "a required parameter is missing")]),
+        ({"kind": ["shed"]}, [("query", "kind", "'shed' is not one of ['house', 'flat']")]),
+        (
+            {"kind": ["house"], "rooms": ["0"]},
+            [("query", "rooms", "0 is less than the minimum of 1")],
+        ),
+        (
+            {"kind": ["house"], "rooms": ["two"]},
+            [("query", "rooms", "'two' is not of type 'integer'")],
+        ),
+        (
+            {"kind": ["house"], "near": ["nan"]},
+            [("query", "near", "'nan' is not of type 'number'")],
+        ),
+        ({"kind": ["house"], "new": ["yes"]}, [("query", "new", "'yes' is not of type 'boolean'")]),
+        (
+            {"kind": ["house", "flat"]},
+            [("query", "kind", "given 2 times; expects one value")],
+        ),
+        (
+            {"kind": ["house"], "tags": ["1", "x"]},
+            [("query", "tags[1]", "'x' is not of type 'integer'")],
+        ),
+    ],
+)
+def test_query_problems(args: dict[str, list[str]], expected: list[tuple[str, str, str]]) -> None:
+    assert problems(args=args) == [{"in": i, "at": a, "message": m} for i, a, m in expected]
+
+
+def test_typed_path_parameters_are_checked() -> None:
+    assert problems(path={"zip": "abc"}) == [
+        {"in": "path", "at": "zip", "message": "'abc' is not of type 'integer'"}
+    ]
+    assert problems(path={"zip": "123"})[0]["message"] == "123 is less than the minimum of 10000"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        ({"size": "big"}, "application/json", [("/size", "'big' is not of type 'number'")]),
+        ({}, "application/json; charset=utf-8", [("", "'size' is a required property")]),
+        (
+            {"size": 1, "owner": {"name": 7}},
+            "application/json",
+            [("/owner/name", "7 is not of type 'string'")],
+        ),
+        ([1], "application/json", [("", "[1] is not of type 'object'")]),
+        (
+            b"",
+            "application/json",
+            [("", "a JSON body is required (Content-Type: application/json)")],
+        ),
+        ("{oops", "application/json", [("", "the body is not valid JSON")]),
+        (
+            "size=1",
+            "text/plain",
+            [("", "send JSON with Content-Type: application/json (got text/plain)")],
+        ),
+        ("size=1", None, [("", "send JSON with Content-Type: application/json (got none)")]),
+    ],
+)
+def test_body_problems(
+    body: Any, content_type: str | None, expected: list[tuple[str, str]]
+) -> None:
+    value, raw = request(body=body, content_type=content_type)
+    if isinstance(body, str):
+        raw = body.encode()
+    found = [p.as_json() for p in check_request(CONTRACT, value, raw)]
+    assert found == [{"in": "body", "at": at, "message": m} for at, m in expected]
+
+
+def test_a_json_string_body_is_json_not_a_decoding_failure() -> None:
+    contract = parse_declaration("body: {schema: {type: string}}", 1, [])
+    value, raw = request(body="hello", args={})
+    raw = b'"hello"'
+    assert check_request(contract, value, raw) == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_form_bodies_reach_the_cell_unchecked(content_type: str) -> None:
+    # As Kernel Gateway passes them: lists of strings the cell checks itself.
+    value, _ = request(body={"size": ["big"]}, content_type=content_type)
+    assert check_request(CONTRACT, value, b"size=big") == []
+
+
+def test_an_optional_body_may_be_left_out() -> None:
+    contract = parse_declaration("body: {schema: {type: object}, required: false}", 1, [])
+    value, _ = request(body="", args={})
+    assert check_request(contract, value, b"") == []
