@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import types
 
@@ -64,3 +65,7 @@ def test_every_error_class_is_exported_and_rooted_at_cellserve_error() -> None:
     for name in errors:
         assert issubclass(getattr(cellserve, name), cellserve.CellserveError)
     assert issubclass(cellserve.KernelDied, cellserve.KernelError)
+
+
+def test_version_is_the_distributions_version() -> None:
+    assert cellserve.__version__ == importlib.metadata.version("cellserve")

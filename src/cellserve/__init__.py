@@ -16,6 +16,8 @@ from cellserve.exceptions import (
 from cellserve.multi import app_from_notebooks
 from cellserve.settings import Settings
 
+__version__ = "0.1.0"
+
 __all__ = [
     "CellserveError",
     "KernelDied",

@@ -1,4 +1,8 @@
-"""The interactive docs page: Swagger UI from the ``swagger-ui-bundle-v2`` package, no CDN.
+"""The interactive docs page: Swagger UI shipped inside cellserve's own package, no CDN.
+
+The files in ``swagger_ui/`` are copied unchanged from the upstream ``swagger-ui-dist``
+distribution (see the README there). They live in cellserve's namespace, so no other
+package's Swagger UI can replace them.
 
 The page reads the OpenAPI document next to it and, when opened as ``/docs?token=X``, sends
 that token with every call it makes (the spec, and "Try it out" requests).
@@ -8,13 +12,11 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -49,7 +51,7 @@ window.ui = SwaggerUIBundle({{
 
 def docs_assets() -> StaticFiles:
     """The bundled Swagger UI files, served under the docs page's ``assets`` path."""
-    return StaticFiles(directory=Path(swagger_ui_path))
+    return StaticFiles(packages=[("cellserve", "swagger_ui")])
 
 
 def docs_page(
