@@ -32,12 +32,14 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cellserve.access import AccessLogMiddleware
 from cellserve.auth import TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
 from cellserve.endpoint import serve_notebook_request
 from cellserve.exceptions import CellserveError
+from cellserve.metrics import PoolSource, metrics_endpoint
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
-from cellserve.pool import KernelState
+from cellserve.pool import KernelPool, KernelState
 from cellserve.reload import reload_on_sighup
 from cellserve.response import error_response
 from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX, RouteMatch
@@ -160,6 +162,13 @@ class CellserveApp:
         health = self.health()
         return health["status"] == "ok", health
 
+    def pools(self) -> list[tuple[str, int, KernelPool]]:
+        """``(notebook, generation, pool)`` for the pool serving now, for the metrics."""
+        if not self.service.started:
+            return []
+        generation = self.service.current
+        return [(self.service.label, generation.number, generation.pool)]
+
     def sections(self, prefix: str = "") -> list[Section]:
         return [Section(prefix, self.service.current.api)] if self.service.started else []
 
@@ -192,8 +201,9 @@ def base_url(request: Request, settings: Settings) -> str:
     return str(request.scope.get("root_path", "")) + settings.mount_prefix
 
 
-def status_routes(status: Status) -> list[BaseRoute]:
-    """``/_cellserve/health`` (always 200) and ``/_cellserve/ready`` (503 unless ready)."""
+def status_routes(status: Status, pools: PoolSource) -> list[BaseRoute]:
+    """``/_cellserve/health`` (always 200), ``/_cellserve/ready`` (503 unless ready) and
+    ``/_cellserve/metrics`` (Prometheus)."""
 
     async def health(_: Request) -> Response:
         return JSONResponse(status()[1])
@@ -202,7 +212,11 @@ def status_routes(status: Status) -> list[BaseRoute]:
         ok, body = status()
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    return [Route(f"{ADMIN_PREFIX}/health", health), Route(f"{ADMIN_PREFIX}/ready", ready)]
+    return [
+        Route(f"{ADMIN_PREFIX}/health", health),
+        Route(f"{ADMIN_PREFIX}/ready", ready),
+        Route(f"{ADMIN_PREFIX}/metrics", metrics_endpoint(pools)),
+    ]
 
 
 def _needs_service(
@@ -258,7 +272,7 @@ def notebook_routes(state: CellserveApp) -> Router:
         )
 
     routes: list[BaseRoute] = [
-        *status_routes(state.status),
+        *status_routes(state.status, state.pools),
         Route(f"{ADMIN_PREFIX}/reload", _needs_service(state, reload), methods=["POST"]),
         Route(f"{ADMIN_PREFIX}/openapi.json", _needs_service(state, openapi)),
         Route(f"{ADMIN_PREFIX}/docs", docs),
@@ -317,7 +331,13 @@ def mounted_app(
 
 
 def middleware_for(settings: Settings) -> list[Middleware]:
-    middleware = []
+    middleware = [
+        Middleware(
+            AccessLogMiddleware,
+            access_log=settings.access_log,
+            mount_prefix=settings.mount_prefix,
+        )
+    ]
     if settings.allow_origin:
         middleware.append(
             Middleware(

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from cellserve.exceptions import CellserveError
+from cellserve.exceptions import CellserveError, SettingsError
+from cellserve.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from cellserve.settings import DEFAULT_PORT, Settings, env_names
 
 logger = logging.getLogger("cellserve")
@@ -61,6 +65,22 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         {"type": int},
         "server processes sharing the port, each with its own kernels (default 1)",
     ),
+    (
+        "--transport",
+        "transport",
+        {"choices": ["ipc", "tcp"]},
+        "how the server talks to local kernels: ipc (Unix sockets, default) or tcp",
+    ),
+)
+# (flag, option, help) of on/off options, each with its --no- form.
+_SWITCHES: tuple[tuple[str, str, str], ...] = (
+    (
+        "--reload",
+        "reload",
+        "follow edits of the notebook file (default: on; use --no-reload in production)",
+    ),
+    ("--access-log", "access_log", "one log line per request (default: on)"),
+    ("--seed-output", "seed_output", "show what seed cells print (default: off; on at debug)"),
 )
 
 
@@ -68,11 +88,19 @@ def _help_with_env(option: str, text: str) -> str:
     return f"{text}; env: {', '.join(env_names(option))}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end with one line saying what is wrong, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cellserve", description="Serve Jupyter notebooks' annotated cells as an HTTP API."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"cellserve {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
         help="serve one or more notebooks",
@@ -89,16 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             flag, dest=option, default=None, help=_help_with_env(option, text), **kwargs
         )
-    serve.add_argument(
-        "--reload",
-        dest="reload",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=_help_with_env(
-            "reload",
-            "follow edits of the notebook file (default: on; use --no-reload in production)",
-        ),
-    )
+    for flag, option, text in _SWITCHES:
+        serve.add_argument(
+            flag,
+            dest=option,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=_help_with_env(option, text),
+        )
     serve.add_argument(
         "--allow-credentials",
         dest="allow_credentials",
@@ -113,38 +139,91 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=_help_with_env("allow_notebook_download", "serve /_api/source"),
     )
-    serve.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=os.environ.get("CELLSERVE_LOG_LEVEL", "info").lower(),
+        help="debug shows seed output, kernel messages and tracebacks (default info); "
+        "env: CELLSERVE_LOG_LEVEL",
+    )
+    serve.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default=os.environ.get("CELLSERVE_LOG_FORMAT", "text").lower(),
+        help="text lines, or one JSON object per line (default text); env: CELLSERVE_LOG_FORMAT",
+    )
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("cellserve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     options = {option: getattr(args, option) for _, option, _, _ in _OPTIONS}
-    for option in ("reload", "allow_credentials", "allow_notebook_download"):
+    for option in ("allow_credentials", "allow_notebook_download", *(s[1] for s in _SWITCHES)):
         options[option] = getattr(args, option)
     if options["reload"] is None and "CELLSERVE_RELOAD" not in os.environ:
         options["reload"] = True
     try:
         settings = Settings.load(**options)
-        app = _build(args.notebooks, settings)
+        listener = _listen(settings)
     except CellserveError as exc:
-        print(f"cellserve: {exc}", file=sys.stderr)
-        return 2
-    if settings.workers > 1:
-        from cellserve.workers import serve_workers
+        return _fail(str(exc), 2)
+    try:
+        with listener:
+            app = _build(args.notebooks, settings)  # in workers mode only to fail fast here
+            if settings.workers > 1:
+                from cellserve.workers import serve_workers
 
-        build = functools.partial(_build, args.notebooks, settings)
-        logs = functools.partial(_configure_logging, args.log_level)
-        _log_start(settings)
-        return serve_workers(build, _hypercorn_config(settings), settings, logs)
-    return _serve(app, settings)
+                build = functools.partial(_build, args.notebooks, settings)
+                logs = functools.partial(configure_logging, args.log_level, args.log_format)
+                _log_start(_url(settings, listener))
+                config = _hypercorn_config(settings, listener)
+                return serve_workers(build, config, settings, logs)
+            return _serve(app, settings, listener)
+    except CellserveError as exc:
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        logger.debug("unexpected error", exc_info=True)
+        return _fail(f"unexpected error: {exc!r} (--log-level debug shows the traceback)", 1)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _fail(message: str, status: int) -> int:
+    print(f"cellserve: {message}", file=sys.stderr)
+    return status
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The listening socket, bound now: a busy port is reported before any kernel starts."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM
+        )[0]
+    except socket.gaierror as exc:
+        raise SettingsError(f"cannot use host {settings.host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        where = f"port {settings.port} on {settings.host}"
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(
+                f"{where} is already in use; stop the other server or choose --port"
+            ) from None
+        raise SettingsError(f"cannot listen on {where}: {exc.strerror}") from None
+    return sock
 
 
 def _build(notebooks: list[str], settings: Settings) -> Any:
@@ -166,43 +245,61 @@ def _build(notebooks: list[str], settings: Settings) -> Any:
     return app_from_notebooks(notebooks, **options)
 
 
-def _hypercorn_config(settings: Settings) -> Any:
+def _hypercorn_config(settings: Settings, listener: socket.socket) -> Any:
+    """hypercorn's configuration, serving on `listener` (which it then owns and closes)."""
     from hypercorn.config import Config
 
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    config.accesslog = None
+    config.bind = [f"fd://{listener.detach()}"]
+    config.accesslog = None  # cellserve writes its own (cellserve.access)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.shutdown_grace
+    # Seeding is bounded by seed_timeout alone, not by hypercorn's 60 s lifespan limit.
+    config.startup_timeout = _NO_LIMIT
     return config
 
 
-def _log_start(settings: Settings) -> None:
-    url = f"http://{settings.host}:{settings.port}{settings.mount_prefix}"
+def _url(settings: Settings, listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"http://{host}:{port}{settings.mount_prefix}"
+
+
+def _log_start(url: str) -> None:
     logger.info("starting kernels; the API will be at %s/ (docs: %s/docs)", url, url)
 
 
-def _serve(app: Any, settings: Settings) -> int:
+def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.utils import LifespanFailureError
 
-    config = _hypercorn_config(settings)
+    url = _url(settings, listener)
+    config = _hypercorn_config(settings, listener)
+    received: list[int] = []
 
     async def until_signal() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(number: int) -> None:
+            received.append(number)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         await stop.wait()
         logger.info("stopping: finishing requests, then shutting kernels down")
 
-    _log_start(settings)
+    _log_start(url)
     try:
         _run(serve(app, config, shutdown_trigger=until_signal))
     except LifespanFailureError as exc:
-        print(f"cellserve: start-up failed: {_last_line(str(exc))}", file=sys.stderr)
-        return 1
+        if received:
+            return 128 + received[0]
+        return _fail(f"start-up failed: {_last_line(str(exc))}", 1)
     return 0
+
+
+_NO_LIMIT = 365 * 24 * 3600.0
 
 
 def _last_line(message: str) -> str:
@@ -213,8 +310,10 @@ def _last_line(message: str) -> str:
 
 def _run(coroutine: Any) -> None:
     try:
-        import uvloop
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
+        uvloop = None  # the standard event loop will do; nothing to report
+    if uvloop is None:
         asyncio.run(coroutine)
     else:
         uvloop.run(coroutine)

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
+from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.pool import ExecutionTimeout, Unavailable
 from cellserve.request import BadRequest, RequestParts, build_request_value
 from cellserve.response import build_response, error_response
@@ -60,6 +61,7 @@ async def _respond(
         if method == "OPTIONS":
             return Response(status_code=200, headers={"Allow": allow})
         return error_response(405, f"{scope['path']} does not accept {method}", {"Allow": allow})
+    note_route(generation.pool.label, found.endpoint.label)
     return await _run_endpoint(generation, settings, found, scope, receive, send)
 
 
@@ -99,6 +101,7 @@ async def _run_endpoint(
     if endpoint.options.stream:
         await stream_cell(generation.pool, call, timeout, accept, scope, receive, send)
         return None
+    note_queued()
     try:
         outcome = await generation.pool.execute(
             call, timeout=timeout, disconnected=lambda: _disconnected(receive)
@@ -107,6 +110,8 @@ async def _run_endpoint(
         return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
     except ExecutionTimeout as exc:
         return error_response(504, str(exc))
+    if outcome.cell.error is not None:
+        log_cell_error(generation.pool.label, endpoint.label, outcome.cell.error)
     return build_response(outcome, accept, label=endpoint.label)
 
 

@@ -15,12 +15,16 @@ request reaches the disk. Messages are turned into ``CellOutput`` here and nowhe
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -60,6 +64,7 @@ class KernelConfig:
     max_output_chars: int = 10_000_000
     startup_timeout: float = 60.0
     seed_timeout: float | None = 600.0
+    transport: str = "ipc"
 
     @property
     def uses_dispatcher(self) -> bool:
@@ -122,7 +127,7 @@ class Kernel:
     @classmethod
     async def start(cls, config: KernelConfig) -> Kernel:
         """Start a kernel process and wait until it answers."""
-        manager = AsyncKernelManager(kernel_name=config.kernel_name)
+        manager = AsyncKernelManager(kernel_name=config.kernel_name, **_connection(config))
         extra = ["--HistoryManager.enabled=False"] if config.is_python else []
         try:
             await manager.start_kernel(
@@ -378,6 +383,23 @@ class Kernel:
             with anyio.move_on_after(10):
                 if await self._manager.is_alive():
                     await self._manager.kill_kernel()
+
+
+@functools.cache
+def _private_dir() -> Path:
+    """A folder of this process's own, readable by its user alone (``mkdtemp`` makes it 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="cellserve-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _connection(config: KernelConfig) -> dict[str, str]:
+    """Where a kernel's connection file (and, over IPC, its sockets) live: a private folder."""
+    stem = _private_dir() / f"kernel-{uuid.uuid4().hex[:12]}"
+    files = {"connection_file": f"{stem}.json"}
+    if config.transport == "ipc":
+        files |= {"transport": "ipc", "ip": f"{stem}-ipc"}
+    return files
 
 
 def _code_key(source: str) -> str:

@@ -92,7 +92,7 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         )
 
     routes: list[BaseRoute] = [
-        *status_routes(status),
+        *status_routes(status, lambda: [p for state in states.values() for p in state.pools()]),
         Route(f"{ADMIN_PREFIX}/openapi.json", openapi),
         Route("/openapi.json", openapi),
         Route("/docs", docs),

@@ -23,6 +23,7 @@ from anyio.abc import TaskStatus
 from cellserve.cells import CellCall, CellOutcome, StdoutSink
 from cellserve.exceptions import CellserveError, KernelDied, KernelError, SeedError
 from cellserve.kernels import Kernel, KernelConfig, PendingCall
+from cellserve.logs import note_kernel
 from cellserve.notebook import SeedCell
 from cellserve.scheduler import QueueFull, Scheduler
 
@@ -74,6 +75,8 @@ class KernelStats:
     requests_served: int
     restarts: int
     last_error: str | None
+    seed_seconds: float | None
+    """How long the current kernel took to start and seed."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class PoolStats:
     timeouts: int
     crashes: int
     rejected: int
+    interrupts: int
 
     def count(self, state: KernelState) -> int:
         return sum(1 for k in self.kernels if k.state == state.value)
@@ -101,6 +105,7 @@ class _Slot:
     restarts: int = 0
     failures: int = 0
     last_error: str | None = None
+    seed_seconds: float | None = None
     replace: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -141,6 +146,7 @@ class KernelPool:
         self._timeouts = 0
         self._crashes = 0
         self._rejected = 0
+        self._interrupts = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -213,6 +219,7 @@ class KernelPool:
     async def _start_kernel(self, slot: _Slot, first: bool) -> Kernel | None:
         """A started and seeded kernel, or None once the slot has given up."""
         while True:
+            started = time.monotonic()
             try:
                 kernel = await Kernel.start(self.config)
             except KernelError as exc:
@@ -228,6 +235,7 @@ class KernelPool:
                     raise
                 else:
                     slot.failures = 0
+                    slot.seed_seconds = time.monotonic() - started
                     return kernel
             slot.failures += 1
             slot.last_error = str(error)
@@ -342,6 +350,7 @@ class KernelPool:
     async def _recover(self, slot: _Slot, kernel: Kernel, why: str) -> None:
         """Interrupt `kernel`; give it back if it answers within the grace, else replace it."""
         with anyio.CancelScope(shield=True):
+            self._interrupts += 1
             if await kernel.interrupt(self.limits.interrupt_grace):
                 logger.warning("%s: interrupted kernel %s: %s", self.label, kernel.id, why)
                 self._release(kernel.id)
@@ -370,6 +379,7 @@ class KernelPool:
         if slot is None or slot.kernel is None or slot.replace.is_set():
             raise Unavailable("the kernel given to this request was lost; it is being restarted")
         slot.state = KernelState.BUSY
+        note_kernel(kernel_id)
         return slot, slot.kernel, waiter.pending
 
     async def _wait_turn(
@@ -451,6 +461,7 @@ class KernelPool:
                     requests_served=s.served,
                     restarts=s.restarts,
                     last_error=s.last_error,
+                    seed_seconds=s.seed_seconds,
                 )
                 for s in self._slots
             ),
@@ -459,4 +470,5 @@ class KernelPool:
             timeouts=self._timeouts,
             crashes=self._crashes,
             rejected=self._rejected,
+            interrupts=self._interrupts,
         )

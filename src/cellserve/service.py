@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from cellserve.exceptions import CellserveError, NotebookError, SeedError
 from cellserve.kernels import KernelConfig
+from cellserve.metrics import record_reload
 from cellserve.notebook import NotebookApi, parse_notebook_text
 from cellserve.pool import KernelPool, PoolLimits
 from cellserve.reload import (
@@ -169,6 +170,7 @@ class NotebookService:
             max_output_chars=s.max_response_size,
             startup_timeout=s.startup_timeout,
             seed_timeout=s.seed_timeout,
+            transport=s.transport,
         )
         limits = PoolLimits(
             size=s.kernels,
@@ -191,6 +193,7 @@ class NotebookService:
         async with self._lock:
             started = time.monotonic()
             old = self.current
+            change = Change.NONE
             try:
                 text = await self._read()
                 if text == self._text:
@@ -208,7 +211,7 @@ class NotebookService:
                 self._current = self._generation(api, pool)
                 self._text = text
             except CellserveError as exc:
-                return self._record_failure(exc, started, trigger)
+                return self._record_failure(exc, change, started, trigger)
             if change is Change.KERNELS:
                 assert self._tg is not None
                 self._tg.start_soon(self._retire, old)
@@ -217,6 +220,7 @@ class NotebookService:
     def _record(self, change: Change, started: float, trigger: str, details: str) -> ReloadResult:
         seconds = time.monotonic() - started
         result = ReloadResult(change, self.current.number, seconds, details=details)
+        record_reload(self.label, change.value, "applied")
         self.last_error = None
         if change is not Change.NONE:
             self.last_reload = result
@@ -237,7 +241,10 @@ class NotebookService:
             )
         return result
 
-    def _record_failure(self, exc: CellserveError, started: float, trigger: str) -> ReloadResult:
+    def _record_failure(
+        self, exc: CellserveError, change: Change, started: float, trigger: str
+    ) -> ReloadResult:
+        record_reload(self.label, change.value, "failed")
         message = str(exc)
         if isinstance(exc, SeedError) and exc.traceback:
             logger.error("%s reload failed (%s): %s\n%s", self.label, trigger, exc, exc.traceback)

@@ -54,6 +54,9 @@ class Settings:
     docs: bool = True
     start_on_first_request: bool = False
     workers: int = 1
+    access_log: bool = True
+    seed_output: bool = False
+    transport: str = "ipc"
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
@@ -65,6 +68,8 @@ class Settings:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
         if self.execution not in ("fast", "execute"):
             raise SettingsError(f"execution must be 'fast' or 'execute', got {self.execution!r}")
+        if self.transport not in ("ipc", "tcp"):
+            raise SettingsError(f"transport must be 'ipc' or 'tcp', got {self.transport!r}")
         if not self.base_url.startswith("/"):
             raise SettingsError(f"base_url must start with '/', got {self.base_url!r}")
         if not 0 <= self.port <= 65535:

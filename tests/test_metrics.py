@@ -1,0 +1,140 @@
+"""``/_cellserve/metrics``: parsed with prometheus_client's own parser; counters are compared
+before and after traffic, a timeout, a crash and reloads (other tests may share the process,
+so only deltas are asserted)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cellserve import app_from_notebook
+from tests.servers import ServerThread, write_notebook
+
+CELLS = [
+    "import os, time\nVALUE = 1",
+    "# GET /value\nprint(VALUE)",
+    "# GET /slow\n# cellserve: timeout=1\ntime.sleep(30)",
+    "# GET /exit\nos._exit(1)",
+]
+NB = "api.ipynb"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str, **kwargs: str) -> Samples:
+    response = httpx.get(url + "/_cellserve/metrics", timeout=30, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@pytest.fixture(scope="module")
+def notebook_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_notebook(tmp_path_factory.mktemp("metrics") / NB, CELLS)
+
+
+@pytest.fixture(scope="module")
+def server(notebook_path: Path) -> Iterator[ServerThread]:
+    with ServerThread(app_from_notebook(notebook_path, interrupt_grace=5)) as running:
+        yield running
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_requests_and_latency_move_with_traffic(server: ServerThread) -> None:
+    before = scrape(server.url)
+    for _ in range(3):
+        assert httpx.get(server.url + "/value", timeout=30).status_code == 200
+    assert httpx.get(server.url + "/nowhere", timeout=30).status_code == 404
+    after = scrape(server.url)
+
+    ok = {"notebook": NB, "route": "GET /value", "method": "GET", "status": "200"}
+    missing = {"notebook": "", "route": "", "method": "GET", "status": "404"}
+    assert value(after, "cellserve_requests_total", **ok) - value(
+        before, "cellserve_requests_total", **ok
+    ) == pytest.approx(3)
+    assert value(after, "cellserve_requests_total", **missing) - value(
+        before, "cellserve_requests_total", **missing
+    ) == pytest.approx(1)
+    route = {"notebook": NB, "route": "GET /value"}
+    count = "cellserve_request_duration_seconds_count"
+    assert value(after, count, **route) - value(before, count, **route) == pytest.approx(3)
+    waits = "cellserve_queue_wait_seconds_count"
+    assert value(after, waits, notebook=NB) - value(before, waits, notebook=NB) == 3
+    assert value(after, "cellserve_kernels", notebook=NB, state="idle") == 1
+    assert value(after, "cellserve_queue_depth", notebook=NB) == 0
+    assert value(after, "cellserve_generation", notebook=NB) >= 1
+    # The scrape itself is in flight while it is being answered.
+    assert value(after, "cellserve_requests_in_flight") >= 1
+
+
+def test_timeouts_and_interrupts_are_counted(server: ServerThread) -> None:
+    before = scrape(server.url)
+    assert httpx.get(server.url + "/slow", timeout=60).status_code == 504
+    after = scrape(server.url)
+    for name in ("cellserve_request_timeouts_total", "cellserve_kernel_interrupts_total"):
+        assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1, name
+    assert httpx.get(server.url + "/value", timeout=30).text == "1\n"
+
+
+def test_crashes_and_restarts_are_counted(server: ServerThread) -> None:
+    before = scrape(server.url)
+    assert httpx.get(server.url + "/exit", timeout=60).status_code == 503
+
+    def restarted() -> bool:
+        now = scrape(server.url)
+        return (
+            value(now, "cellserve_kernel_restarts_total", notebook=NB)
+            > value(before, "cellserve_kernel_restarts_total", notebook=NB)
+            and value(now, "cellserve_kernels", notebook=NB, state="idle") == 1
+        )
+
+    wait_until(restarted, "the crashed kernel was never restarted")
+    after = scrape(server.url)
+    for name in ("cellserve_kernel_crashes_total", "cellserve_kernel_restarts_total"):
+        assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1, name
+    seeds = "cellserve_seed_duration_seconds_count"
+    assert value(after, seeds, notebook=NB) - value(before, seeds, notebook=NB) == 1
+
+
+def test_reloads_are_counted_by_kind_and_outcome(server: ServerThread, notebook_path: Path) -> None:
+    before = scrape(server.url)
+    write_notebook(notebook_path, [*CELLS, "# GET /added\nprint(2)"])
+    assert httpx.post(server.url + "/_cellserve/reload", timeout=60).status_code == 200
+    notebook_path.write_text("{not json", encoding="utf-8")
+    assert httpx.post(server.url + "/_cellserve/reload", timeout=60).status_code == 422
+    after = scrape(server.url)
+    write_notebook(notebook_path, CELLS)
+    applied = {"notebook": NB, "kind": "routes", "outcome": "applied"}
+    failed = {"notebook": NB, "kind": "none", "outcome": "failed"}
+    for labels in (applied, failed):
+        name = "cellserve_reloads_total"
+        assert value(after, name, **labels) - value(before, name, **labels) == 1, labels
+    name = "cellserve_generation"
+    assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1
+
+
+def test_metrics_need_the_token_when_auth_is_on(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / NB, CELLS[:2])
+    with ServerThread(app_from_notebook(path, auth_token="s3cret")) as running:
+        assert httpx.get(running.url + "/_cellserve/metrics", timeout=30).status_code == 401
+        samples = scrape(running.url, headers={"Authorization": "Bearer s3cret"})  # type: ignore[arg-type]
+        assert any(name == "cellserve_requests_total" for name, _ in samples)
