@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.processes import (
     CELLSERVE,
@@ -200,3 +205,77 @@ def test_several_notebooks_each_under_its_stem(
     server.popen.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
     assert_gone(pids)
+
+
+# -- operating: version, options, port, log format, kernel transport ---------------------------
+
+
+def test_version() -> None:
+    result = run_quick([CELLSERVE, "--version"])
+    assert result.returncode == 0
+    assert re.fullmatch(r"cellserve \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_bad_option_value_is_one_line(notebook) -> None:
+    path = notebook(API_CELLS)
+    for bad in (["--log-level", "verbose"], ["--log-format", "xml"], ["--port", "http"]):
+        result = run_quick([CELLSERVE, "serve", str(path), *bad])
+        assert result.returncode == 2, bad
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert bad[0] in lines[0]
+        assert repr(bad[1]) in lines[0] or bad[1] in lines[0]
+
+
+def test_port_in_use_fails_at_once_without_starting_a_kernel(notebook, tmp_path: Path) -> None:
+    marker = tmp_path / "seeded"
+    path = notebook([f"open({str(marker)!r}, 'w').close()", "# GET /x\nprint(1)"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = run_quick([CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"])
+        elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port}" in lines[0]
+    assert "already in use" in lines[0]
+    assert not marker.exists(), "a kernel ran the seed cell although the port was taken"
+    assert elapsed < 30  # in practice ~1 s (interpreter start); generous for a busy machine
+
+
+def test_json_logs_and_private_ipc_kernels(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    """Every stderr line is a JSON object; kernels talk over IPC, so ipykernel has no
+    'running over TCP without encryption' to warn about; the connection file is private."""
+    path = notebook(API_CELLS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
+    server = Process([*args, "--log-format", "json"], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    response = httpx.get(url + "/x", headers={"X-Request-ID": "cli-json-1"}, timeout=30)
+    assert response.status_code == 200
+    [kernel_pid] = kernel_pids(url)
+    connection_file = next(
+        arg for arg in psutil.Process(kernel_pid).cmdline() if arg.endswith(".json")
+    )
+    info = json.loads(Path(connection_file).read_text())
+    assert info["transport"] == "ipc"
+    assert os.stat(connection_file).st_mode & 0o077 == 0
+    assert os.stat(Path(connection_file).parent).st_mode & 0o077 == 0
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+
+    entries = [json.loads(line) for line in server.output.splitlines()]
+    access = [e for e in entries if e["logger"] == "cellserve.access"]
+    [line] = [e for e in access if e["request_id"] == "cli-json-1"]
+    assert (line["method"], line["path"], line["status"], line["bytes"]) == ("GET", "/x", 200, 2)
+    assert line["kernel"] and line["duration_ms"] >= 0
+    assert "without encryption" not in server.output
+    assert not Path(connection_file).exists()  # cleaned up with the kernel
