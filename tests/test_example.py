@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,6 +157,23 @@ def test_client_script(server: ServerThread) -> None:
     assert "GET /housing_stats -> 200" in result.stdout
     assert "POST /get_price -> 200" in result.stdout
     assert '"price"' in result.stdout
+
+
+def test_the_examples_own_test_file_passes(tmp_path: Path) -> None:
+    """examples/house_prices/test_house_prices.py is for users to copy: it must pass as is."""
+    env = {**os.environ, "CALIFORNIA_HOUSING_CSV": str(HOUSING_CSV)}
+    pytest_args = ["-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLE.parents[1])]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *pytest_args, str(EXAMPLE / "test_house_prices.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b5 passed\b", result.stdout), result.stdout
 
 
 def test_plot_example_answers_a_png_and_an_html_table() -> None:
