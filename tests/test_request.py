@@ -21,13 +21,13 @@ def request(
     content_type: str | None = None,
     headers: Sequence[tuple[bytes, bytes]] = (),
     path: Mapping[str, str] | None = None,
-    hide_credentials: bool = False,
+    token: str | None = None,
 ) -> dict[str, Any]:
     raw_headers = list(headers)
     if content_type is not None:
         raw_headers.append((b"content-type", content_type.encode("latin-1")))
     parts = RequestParts(raw_headers, query, body, dict(path or {}))
-    text = build_request_json(parts, hide_credentials=hide_credentials)
+    text = build_request_json(parts, token=token)
     assert isinstance(text, str)
     value = json.loads(text)
     assert isinstance(value, dict)
@@ -296,12 +296,86 @@ def test_credentials_are_visible_by_default_as_in_kernel_gateway() -> None:
     assert value["headers"] == {"Authorization": "token s3cret"}
 
 
-def test_hide_credentials_drops_token_arg_and_authorization_header() -> None:
+def test_server_token_drops_token_arg_and_authorization_header() -> None:
     value = request(
         query=b"token=s3cret&q=1",
         headers=[(b"authorization", b"Bearer s3cret"), (b"x-other", b"kept")],
-        hide_credentials=True,
+        token="s3cret",
     )
     assert value["args"] == {"q": ["1"]}
     assert value["headers"] == {"X-Other": "kept"}
     assert "s3cret" not in json.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("referer", "expected"),
+    [
+        ("http://h/docs?token=s3cret", "http://h/docs"),
+        ("http://h/docs?token=s%33cret&a=1", "http://h/docs?a=1"),
+        ("http://h/docs?a=1&token=s3cret", "http://h/docs?a=1"),
+        ("http://h/docs?a=1&token=s3cret&b=2#top", "http://h/docs?a=1&b=2#top"),
+        ("http://h/docs?mytoken=1", "http://h/docs?mytoken=1"),
+    ],
+)
+def test_server_token_is_cut_from_urls_in_headers(referer: str, expected: str) -> None:
+    value = request(headers=[(b"referer", referer.encode())], token="s3cret")
+    assert value["headers"] == {"Referer": expected}
+
+
+def test_server_token_text_is_hidden_in_every_header() -> None:
+    value = request(
+        headers=[
+            (b"x-original-uri", b"/x?token=s3cret"),
+            (b"cookie", b"a=1; token=s3cret"),
+            (b"x-many", b"s3cret"),
+            (b"x-many", b"s%2B3cret"),
+        ],
+        token="s+3cret",
+    )
+    assert "s+3cret" not in json.dumps(value) and "s%2B3cret" not in json.dumps(value)
+    value = request(
+        headers=[(b"cookie", b"a=1; token=s3cret"), (b"x-k", b"s3cret")], token="s3cret"
+    )
+    assert value["headers"] == {"Cookie": "a=1; token=[hidden]", "X-K": "[hidden]"}
+
+
+# -- hostile bodies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "charset", ["base64", "rot13", "hex", "zlib", "bz2", "uu", "quopri", "undefined"]
+)
+@pytest.mark.parametrize(
+    "media_type", ["text/plain", "application/json", "application/x-www-form-urlencoded"]
+)
+def test_charset_that_is_not_a_text_encoding_is_a_bad_request(
+    charset: str, media_type: str
+) -> None:
+    with pytest.raises(BadRequest, match="charset"):
+        body_of(b"aGVsbG8=", f"{media_type}; charset={charset}")
+
+
+def test_json_nested_past_the_limit_is_a_bad_request() -> None:
+    from cellserve.request import MAX_JSON_DEPTH
+
+    deepest = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert body_of(deepest.encode(), "application/json") is not None
+    for depth in (MAX_JSON_DEPTH + 1, 100_000):
+        with pytest.raises(BadRequest, match=f"deeper than {MAX_JSON_DEPTH} levels"):
+            body_of(("[" * depth + "]" * depth).encode(), "application/json")
+    objects = '{"a": ' * (MAX_JSON_DEPTH + 1) + "1" + "}" * (MAX_JSON_DEPTH + 1)
+    with pytest.raises(BadRequest, match="deeper"):
+        body_of(objects.encode(), "application/json")
+
+
+def test_many_brackets_that_do_not_nest_deeply_are_fine() -> None:
+    flat = "[" + ",".join(["[]"] * 10_000) + "]"
+    assert len(body_of(flat.encode(), "application/json")) == 10_000
+    in_strings = json.dumps(["[[[[" * 1000])
+    assert body_of(in_strings.encode(), "application/json") == ["[[[[" * 1000]
+
+
+def test_json_integer_past_pythons_digit_limit_is_a_bad_request() -> None:
+    assert body_of(b"9" * 4000, "application/json") == int("9" * 4000)
+    with pytest.raises(BadRequest, match="integer longer than 4300 digits"):
+        body_of(b"[" + b"9" * 5000 + b"]", "application/json")

@@ -261,3 +261,46 @@ def test_error_response_has_kernel_gateways_shape() -> None:
     assert response.status_code == 404
     assert json_body(response) == {"reason": "Not Found", "message": "no route for /nope"}
     assert response.headers["x-why"] == "because"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a\x01b", "\x1b[31m", "a\x7f", "a\x0bb", "a\x0cb", "caf\u00e9\u2603", "\ud800", "a\x00"],
+)
+def test_header_value_outside_rfc_9110_is_a_500_json_naming_the_route(value: str) -> None:
+    response = respond(CellOutput(stdout="body"), info({"headers": {"X-A": value}}))
+    assert response.status_code == 500
+    message = json_body(response)["message"]
+    assert message.startswith("ResponseInfo GET /x: header 'X-A'")
+    assert "RFC 9110" in message
+
+
+@pytest.mark.parametrize("name", ["X A", "X:A", "", "X\u00e9", "X\r\nY"])
+def test_header_name_that_is_not_a_token_is_a_500_json(name: str) -> None:
+    response = respond(CellOutput(stdout="body"), info({"headers": {name: "v"}}))
+    assert response.status_code == 500
+    assert "RFC 9110" in json_body(response)["message"]
+
+
+def test_header_values_keep_tabs_latin1_and_lose_surrounding_spaces() -> None:
+    response = respond(CellOutput(stdout="body"), info({"headers": {"X-A": " a\tb caf\u00e9 "}}))
+    assert response.status_code == 200
+    assert response.raw_headers[-1] == (b"x-a", "a\tb caf\u00e9".encode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        CellOutput(stdout="\ud800x\n"),
+        CellOutput(result={"text/html": "\ud800x"}),
+        CellOutput(displays=({"text/plain": "\ud800x"},)),
+        CellOutput(error=CellError("ValueError", "\ud800x")),
+    ],
+)
+def test_lone_surrogates_are_sent_as_replacement_characters(cell: CellOutput) -> None:
+    response = respond(cell, accept="text/html")
+    assert "\ufffdx" in response.body.decode("utf-8")
+
+
+def test_surrogate_pairs_are_joined() -> None:
+    assert respond(CellOutput(stdout="\ud83d\ude00")).body == "😀".encode()

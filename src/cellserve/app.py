@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellserve.access import AccessLogMiddleware
-from cellserve.auth import TokenAuthMiddleware
+from cellserve.auth import RefuseWebSockets, TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
 from cellserve.endpoint import serve_notebook_request
 from cellserve.exceptions import CellserveError
@@ -353,6 +353,7 @@ def middleware_for(settings: Settings) -> list[Middleware]:
         )
     if settings.auth_token:
         middleware.append(Middleware(TokenAuthMiddleware, token=settings.auth_token))
+    middleware.append(Middleware(RefuseWebSockets))
     return middleware
 
 

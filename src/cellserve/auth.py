@@ -1,8 +1,12 @@
-"""Token auth in front of every route: notebook routes, 404s, docs, static files, admin.
+"""Who may reach what: token auth in front of every route and every scope, and a clean
+refusal for WebSocket connections, which cellserve does not serve.
 
 Accepted as ``Authorization: token X``, ``Authorization: Bearer X`` or ``?token=X``, compared
-in constant time. CORS preflights (``OPTIONS`` with ``Origin`` and
-``Access-Control-Request-Method``) pass without a token; any other request needs it.
+in constant time, on notebook routes, 404s, docs, static files, admin endpoints and WebSocket
+upgrades alike. CORS preflights get no exemption here: when CORS is configured its middleware
+sits in front and answers every preflight itself, the same way for every path; without CORS
+a preflight is a request like any other and needs the token, so it reveals nothing about
+which routes exist.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import hmac
 from urllib.parse import parse_qsl
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellserve.response import error_response
+
+_POLICY_VIOLATION = 1008
 
 
 class TokenAuthMiddleware:
@@ -21,7 +28,7 @@ class TokenAuthMiddleware:
         self._token = token.encode("utf-8")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_preflight(scope) or self._authorized(scope):
+        if scope["type"] not in ("http", "websocket") or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(
@@ -29,7 +36,7 @@ class TokenAuthMiddleware:
             "a valid token is required: send `Authorization: Bearer <token>` or `?token=<token>`",
             {"WWW-Authenticate": "Bearer"},
         )
-        await response(scope, receive, send)
+        await refuse(response, scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
         ok = False
@@ -39,12 +46,29 @@ class TokenAuthMiddleware:
         return ok
 
 
-def _is_preflight(scope: Scope) -> bool:
-    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method."""
-    if scope["method"] != "OPTIONS":
-        return False
-    names = {name for name, _ in scope["headers"]}
-    return b"origin" in names and b"access-control-request-method" in names
+class RefuseWebSockets:
+    """Answer every WebSocket upgrade with a 404 instead of letting it reach a route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        response = error_response(404, "cellserve serves no WebSocket routes")
+        await refuse(response, scope, receive, send)
+
+
+async def refuse(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send `response`; a WebSocket upgrade gets it as an HTTP denial when the server can
+    send one (ASGI's ``websocket.http.response``), else a close before accepting (403)."""
+    if scope["type"] != "websocket":
+        await response(scope, receive, send)
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        await response(scope, receive, send)  # Starlette sends it as websocket.http.response.*
+    else:
+        await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
 
 
 def _offered_tokens(scope: Scope) -> list[bytes]:

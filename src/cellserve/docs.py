@@ -5,7 +5,8 @@ distribution (see the README there). They live in cellserve's namespace, so no o
 package's Swagger UI can replace them.
 
 The page reads the OpenAPI document next to it and, when opened as ``/docs?token=X``, sends
-that token with every call it makes (the spec, and "Try it out" requests).
+that token with every call it makes (the spec, and "Try it out" requests). It is served with
+``Referrer-Policy: no-referrer``, so those calls carry no ``Referer`` with the token in it.
 """
 
 from __future__ import annotations
@@ -74,4 +75,4 @@ def docs_page(
         source=source.replace("</", "<\\/"),
         layout=layout,
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"Referrer-Policy": "no-referrer"})

@@ -9,7 +9,6 @@ that breaks the route's declaration are answered without one.
 
 from __future__ import annotations
 
-import json
 from urllib.parse import unquote
 
 from starlette.responses import JSONResponse, Response
@@ -18,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from cellserve.cells import CellCall
 from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.pool import ExecutionTimeout, Unavailable
-from cellserve.request import BadRequest, RequestParts, build_request_value
+from cellserve.request import BadRequest, RequestParts, build_request
 from cellserve.response import build_response, error_response
 from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
 from cellserve.service import Generation
@@ -78,9 +77,9 @@ async def _run_endpoint(
         return _syntax_error_response(endpoint.syntax_error)
     try:
         body = await _read_body(scope, receive, settings.max_body_size)
-        request = build_request_value(
+        request, request_json = await build_request(
             RequestParts(scope["headers"], scope["query_string"], body, found.params),
-            hide_credentials=settings.auth_token is not None,
+            token=settings.auth_token,
         )
     except _BodyTooLarge:
         return error_response(
@@ -94,7 +93,6 @@ async def _run_endpoint(
         problems = check_request(endpoint.contract, request, body)
         if problems:
             return _problems_response(endpoint.label, problems)
-    request_json = json.dumps(request)
     call = CellCall(endpoint.source, request_json, endpoint.response_info, endpoint.options.stream)
     timeout = endpoint.options.timeout or settings.timeout
     accept = _header(scope, b"accept")

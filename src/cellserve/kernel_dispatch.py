@@ -9,6 +9,9 @@ once with IPython's transformations applied (so magics work), captures stdout, r
 and the last expression's value in-process, runs the ResponseInfo code if there is one, and
 answers with a single comm message. Request data is data: it is bound to ``REQUEST`` in the
 user namespace and never becomes code text, and nothing is written to IPython's history.
+Every request gets an answer: a fault in the dispatcher, or an answer the kernel cannot send,
+comes back as a cell error. Displays and the value count against the same output limit as
+stdout.
 """
 
 from __future__ import annotations
@@ -89,14 +92,18 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
             }
         finally:
             sys.stdout, builtins.input = saved_stdout, saved_input
+    displays = [output.data for output in captured.outputs]
+    displays = [bundle for bundle in displays if stdout.admit(bundle)]
     result = None
     if error is None and value is not None:
         result, _ = shell.display_formatter.format(value)
+        if not stdout.admit(result):
+            result = None
     return {
         "stdout": stdout.text,
         "truncated": stdout.truncated,
         "result": result,
-        "displays": [output.data for output in captured.outputs],
+        "displays": displays,
         "error": error,
     }
 
@@ -138,7 +145,10 @@ def install(shell: Any, target_name: str, limit: int) -> None:
                 answer = handle(msg["content"]["data"])
             except Exception as exc:  # a dispatcher fault still answers, as a cell error
                 answer = {"status": "ok", "cell": _failure(exc), "info": None}
-            comm.send(answer)
+            try:
+                comm.send(answer)
+            except Exception as exc:  # e.g. a display the packer cannot serialize
+                comm.send({"status": "ok", "cell": _failure(exc), "info": None})
 
         comm.on_msg(on_msg)
 

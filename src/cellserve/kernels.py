@@ -8,8 +8,8 @@ single round trip:
 * **execute**: one ``execute_request`` whose code first binds ``REQUEST`` to an escaped string
   literal, then runs the cell (any kernel language; also used for streaming routes).
 
-Both use ``store_history=False`` and Python kernels start with IPython's history off, so no
-request reaches the disk. Messages are turned into ``CellOutput`` here and nowhere else.
+Both use ``store_history=False``, Python kernels start with IPython's history off, and shell
+kernels run with their history off (``HISTORY_OFF``), so no request reaches the disk. Messages are turned into ``CellOutput`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ _POLL_SECONDS = 0.25
 _HIDDEN_ENV = ("KG_AUTH_TOKEN", "CELLSERVE_AUTH_TOKEN")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
+HISTORY_OFF = {"bash": "set +o history; unset HISTFILE"}
+"""Code run first in kernels of these languages: their shells would save every request."""
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -85,9 +88,14 @@ class PendingCall:
 
 
 def kernel_environment() -> dict[str, str]:
-    """The server's environment, plus ``KERNEL_GATEWAY=1``, minus auth tokens."""
+    """The server's environment, plus ``KERNEL_GATEWAY=1``, minus auth tokens.
+
+    ``HISTFILE`` is empty, so a shell kernel (bash, zsh) saves no history even before
+    ``HISTORY_OFF`` runs.
+    """
     env = {k: v for k, v in os.environ.items() if k not in _HIDDEN_ENV}
     env["KERNEL_GATEWAY"] = "1"
+    env["HISTFILE"] = ""
     return env
 
 
@@ -158,6 +166,11 @@ class Kernel:
 
     async def seed(self, seeds: Sequence[SeedCell]) -> None:
         """Run the seed cells in order; a failure is a SeedError naming the cell."""
+        history_off = HISTORY_OFF.get(self.config.language.lower())
+        if history_off is not None:
+            output = await self._execute(history_off, deadline=time.monotonic() + 30)
+            if output.error is not None:
+                raise KernelError(f"cannot turn the kernel's history off: {output.error.evalue}")
         cells = [nbformat.v4.new_code_cell(s.source) for s in seeds]  # type: ignore[no-untyped-call]
         notebook = nbformat.v4.new_notebook(cells=cells)  # type: ignore[no-untyped-call]
         runner = NotebookClient(
@@ -185,26 +198,36 @@ class Kernel:
                     cell_index=seed.number,
                     traceback="",
                 ) from exc
-        if self.config.uses_dispatcher:
+        if self.config.is_python:
             await self._install_dispatcher()
 
     async def _install_dispatcher(self) -> None:
+        """Make the kernel's output always encodable; in fast mode, install the dispatcher."""
         package = resources.files("cellserve")
         common = package.joinpath("dispatch_common.py").read_text("utf-8")
         source = package.joinpath("kernel_dispatch.py").read_text("utf-8")
+        install = (
+            f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, "
+            f"{self.config.max_output_chars})\n"
+        )
         bootstrap = (
             "def __cellserve_bootstrap():\n"
             "    namespace = {'__name__': 'cellserve_dispatch'}\n"
             f"    exec(compile({common!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
             f"    exec(compile({source!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
-            f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, "
-            f"{self.config.max_output_chars})\n"
+            "    namespace['make_output_encodable'](get_ipython().kernel.session)\n"
+            f"{install if self.config.uses_dispatcher else ''}"
             "__cellserve_bootstrap()\n"
             "del __cellserve_bootstrap\n"
         )
         output = await self._execute(bootstrap, deadline=time.monotonic() + 30)
-        if output.error is not None:
+        if output.error is not None and self.config.uses_dispatcher:
             raise KernelError(f"cannot install the dispatcher: {output.error.traceback}")
+        if output.error is not None:  # not IPython: execute mode works without it
+            logger.warning("kernel %s: %s", self.id, output.error.evalue)
+            return
+        if not self.config.uses_dispatcher:
+            return
         self._comm_id = uuid.uuid4().hex
         self._send("comm_open", {"comm_id": self._comm_id, "target_name": _COMM_TARGET, "data": {}})
 
@@ -298,9 +321,11 @@ class Kernel:
                 if on_stdout is not None and kept:
                     await on_stdout(content["text"][:kept])
             elif kind == "execute_result":
-                result = content["data"]
+                if stdout.admit(content["data"]):
+                    result = content["data"]
             elif kind == "display_data":
-                displays.append(content["data"])
+                if stdout.admit(content["data"]):
+                    displays.append(content["data"])
             elif kind == "error":
                 error = CellError(
                     content["ename"], content["evalue"], "\n".join(content.get("traceback", []))

@@ -8,6 +8,12 @@ The value has Kernel Gateway's shape, so existing notebooks keep working::
 Fixed and extended on purpose: ``; charset=...`` does not stop JSON or form parsing; JSON or
 form bodies that cannot be decoded are a 400; multipart file parts arrive under ``files``
 instead of vanishing; binary bodies arrive base64-encoded with ``"body_encoding": "base64"``.
+
+Hostile input gets a 400 with a reason, never a crash: an unknown charset or one that is not
+a text encoding (``base64``, ``rot13``...); JSON nested deeper than ``MAX_JSON_DEPTH`` levels;
+a JSON integer longer than Python's conversion limit (``sys.get_int_max_str_digits()``,
+4300 digits by default). Bodies over ``INLINE_BODY_LIMIT`` bytes are parsed in a worker
+thread (``request_json``), so parsing one never stalls the server's other clients.
 """
 
 from __future__ import annotations
@@ -16,17 +22,30 @@ import base64
 import binascii
 import codecs
 import json
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, quote_plus
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
 _MULTIPART = "multipart/form-data"
 _BINARY = "application/octet-stream"
+
+MAX_JSON_DEPTH = 256
+"""Deepest JSON nesting accepted (arrays and objects); deeper is a 400. Far below Python's
+recursion limit, so notebook code can still walk the value recursively."""
+
+INLINE_BODY_LIMIT = 64 * 1024
+"""Bodies up to this many bytes are parsed on the event loop; larger ones in a thread."""
+
+_TOKEN_PARAM = re.compile(r"([?&])token=[^&#\s]*(&?)")
+_HIDDEN = "[hidden]"
 
 
 class BadRequest(Exception):
@@ -43,22 +62,38 @@ class RequestParts:
     path_params: Mapping[str, str] = field(default_factory=dict)
 
 
-def build_request_json(parts: RequestParts, *, hide_credentials: bool = False) -> str:
+async def build_request(parts: RequestParts, *, token: str | None = None) -> tuple[Any, str]:
+    """The ``REQUEST`` value and its JSON text; built in a worker thread when the body is
+    larger than ``INLINE_BODY_LIMIT``, so that parsing it never stalls other clients."""
+    if len(parts.body) <= INLINE_BODY_LIMIT:
+        return _value_and_json(parts, token)
+    return await anyio.to_thread.run_sync(_value_and_json, parts, token)
+
+
+def _value_and_json(parts: RequestParts, token: str | None) -> tuple[Any, str]:
+    value = build_request_value(parts, token=token)
+    return value, json.dumps(value)
+
+
+def build_request_json(parts: RequestParts, *, token: str | None = None) -> str:
     """The JSON string assigned to ``REQUEST``; raise BadRequest for undecodable input."""
-    return json.dumps(build_request_value(parts, hide_credentials=hide_credentials))
+    return json.dumps(build_request_value(parts, token=token))
 
 
-def build_request_value(parts: RequestParts, *, hide_credentials: bool = False) -> dict[str, Any]:
+def build_request_value(parts: RequestParts, *, token: str | None = None) -> dict[str, Any]:
     """The ``REQUEST`` value before encoding; raise BadRequest for undecodable input.
 
-    With `hide_credentials`, the ``token`` query argument and the ``Authorization`` header are
-    left out so the notebook never sees the server's auth token.
+    `token` is the server's auth token, if it has one: the notebook never sees it. The
+    ``token`` query argument and the ``Authorization`` header are left out, a ``token=``
+    parameter is cut from URLs in any header (the ``Referer`` of a page opened as
+    ``/docs?token=X``), and the token's text anywhere else in a header becomes ``[hidden]``.
     """
     headers = _title_case_headers(parts.headers)
     args = _parse_query(parts.query_string)
-    if hide_credentials:
+    if token is not None:
         headers.pop("Authorization", None)
         args.pop("token", None)
+        headers = {name: _without_token(value, token) for name, value in headers.items()}
     content_type = headers.get("Content-Type", "")
     if isinstance(content_type, list):
         content_type = content_type[0]
@@ -88,6 +123,20 @@ def _title_case_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
     return headers
 
 
+def _without_token(value: str | list[str], token: str) -> str | list[str]:
+    if isinstance(value, list):
+        return [_without_token_text(item, token) for item in value]
+    return _without_token_text(value, token)
+
+
+def _without_token_text(text: str, token: str) -> str:
+    # `?token=X&a=1` → `?a=1`; `?a=1&token=X` → `?a=1`; `?token=X` → ``.
+    text = _TOKEN_PARAM.sub(lambda m: m.group(1) if m.group(2) else "", text)
+    for form in {token, quote(token, safe=""), quote_plus(token)}:
+        text = text.replace(form, _HIDDEN)
+    return text
+
+
 def _parse_query(query_string: bytes) -> dict[str, list[str]]:
     try:
         return parse_qs(
@@ -113,31 +162,65 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
         return _parse_multipart(body, boundary)
     if media_type == _BINARY:
         return _base64_body(body)
+    codec = _text_codec(charset)
     try:
-        text = body.decode(_known_charset(charset))
-    except UnicodeDecodeError as exc:
+        text = body.decode(codec)
+    except (UnicodeError, ValueError) as exc:
         if media_type in (_JSON, _FORM):
             raise BadRequest(f"the {media_type} body is not valid {charset}") from exc
         return _base64_body(body)
     if media_type == _JSON:
-        try:
-            return {"body": json.loads(text)}
-        except json.JSONDecodeError:
-            return {"body": text}
+        return {"body": _parse_json(text)}
     if media_type == _FORM:
         try:
-            fields = parse_qs(text, keep_blank_values=True, encoding=charset, errors="strict")
-        except UnicodeDecodeError as exc:
+            fields = parse_qs(text, keep_blank_values=True, encoding=codec, errors="strict")
+        except (UnicodeError, ValueError) as exc:
             raise BadRequest(f"a form field is not valid {charset} once percent-decoded") from exc
         return {"body": fields}
     return {"body": text}
 
 
-def _known_charset(charset: str) -> str:
+def _text_codec(charset: str) -> str:
+    """The codec for a text `charset`; BadRequest for unknown ones and bytes-to-bytes codecs."""
     try:
-        return codecs.lookup(charset).name
+        info = codecs.lookup(charset)
     except LookupError as exc:
         raise BadRequest(f"unknown charset {charset!r} in Content-Type") from exc
+    # base64, hex, zlib, rot13... are codecs.lookup()-able but do not turn bytes into text;
+    # "undefined" turns nothing into text.
+    if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
+        raise BadRequest(f"charset {charset!r} in Content-Type is not a text encoding")
+    return info.name
+
+
+def _parse_json(text: str) -> Any:
+    """The parsed JSON value, or `text` itself when it is not JSON (Kernel Gateway's rule)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    except RecursionError as exc:
+        raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise BadRequest(
+            f"the JSON body has an integer longer than {sys.get_int_max_str_digits()} digits"
+        ) from exc
+    # Nesting deeper than the limit needs more brackets than the limit: count them first.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (stops counting past the limit)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending and deepest <= MAX_JSON_DEPTH:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest if isinstance(value, dict | list) else 0
 
 
 def _base64_body(body: bytes) -> dict[str, Any]:

@@ -9,7 +9,10 @@
 5. else an empty body.
 
 Default status 200 and ``Content-Type: text/plain``; a ResponseInfo cell's JSON object sets
-``status`` and ``headers`` (a list value repeats the header).
+``status`` and ``headers`` (a list value repeats the header). Header names must be RFC 9110
+tokens and values field values (visible ASCII, spaces, tabs, Latin-1 letters; surrounding
+spaces are dropped); anything else is a 500 JSON naming the route, as is output beyond the
+server's size limit. Text that UTF-8 cannot encode (lone surrogates) is sent as U+FFFD.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse, Response
 
 from cellserve.cells import CellError, CellOutcome, CellOutput
+from cellserve.dispatch_common import utf8_safe
 
 RICH_ORDER = (
     "image/png",
@@ -43,11 +47,12 @@ _BINARY_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "application/
 _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON error in Kernel Gateway's shape: ``{"reason": ..., "message": ...}``."""
-    body = {"reason": HTTPStatus(status).phrase, "message": message}
+    body = {"reason": HTTPStatus(status).phrase, "message": utf8_safe(message)}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
@@ -58,7 +63,8 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
         return _cell_error_response(cell.error)
     if cell.truncated:
         return error_response(
-            500, f"{label} printed more than the server's response size limit; nothing was sent"
+            500,
+            f"{label} produced more output than the server's response size limit; nothing was sent",
         )
     body, content_type = _body_of(cell, accept)
     status = 200
@@ -79,12 +85,17 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
 
 
 def _cell_error_response(error: CellError) -> Response:
-    return Response(f"{error.summary}\n", 500, headers={"Content-Type": "text/plain"})
+    return Response(utf8(f"{error.summary}\n"), 500, headers={"Content-Type": "text/plain"})
+
+
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8, with lone surrogates (which UTF-8 cannot encode) as U+FFFD."""
+    return utf8_safe(text).encode("utf-8")
 
 
 def _body_of(cell: CellOutput, accept: str | None) -> tuple[bytes, str]:
     if cell.stdout:
-        return cell.stdout.encode("utf-8"), "text/plain"
+        return utf8(cell.stdout), "text/plain"
     preferences = _accepted_types(accept)
     if cell.result is not None:
         chosen = _negotiate(cell.result, preferences) if preferences else None
@@ -141,12 +152,12 @@ def _encode(media_type: str, value: Any) -> tuple[bytes, str]:
         try:
             return base64.b64decode(value, validate=False), media_type
         except binascii.Error:
-            return value.encode("utf-8"), media_type
+            return utf8(value), media_type
     if media_type == "application/json" or media_type.endswith("+json"):
         return json.dumps(value).encode("utf-8"), media_type
     text = value if isinstance(value, str) else json.dumps(value)
     charset = "; charset=utf-8" if media_type.startswith("text/") else ""
-    return text.encode("utf-8"), media_type + charset
+    return utf8(text), media_type + charset
 
 
 def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] | str:
@@ -168,9 +179,14 @@ def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] 
     for name, header_value in raw_headers.items():
         values = header_value if isinstance(header_value, list) else [header_value]
         for value in values:
-            text = _header_text(value)
-            if not _TOKEN.fullmatch(name) or any(c in text for c in "\r\n\0"):
-                return f"header {name!r}: {text!r} is not a valid HTTP header"
+            text = _header_text(value).strip(" \t")
+            if not _TOKEN.fullmatch(name):
+                return f"header name {name!r} is not an HTTP token (RFC 9110)"
+            if not _FIELD_VALUE.fullmatch(text):
+                return (
+                    f"header {name!r}: {text!r} is not a valid HTTP field value (RFC 9110: "
+                    "visible ASCII, spaces, tabs and Latin-1 letters only)"
+                )
             if name.lower() in _FRAMING_HEADERS:
                 return f"header {name!r} is set by the server, not by ResponseInfo"
             headers.append((name, text))
