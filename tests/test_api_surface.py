@@ -253,3 +253,17 @@ def test_auth_token_from_the_environment_protects_the_app(
         assert httpx.get(server.url + "/x").status_code == 401
         # The token is not handed to notebook code through the kernel's environment either.
         assert httpx.get(server.url + "/x", params={"token": "from-env"}).text == "None\n"
+
+
+def test_preflights_look_the_same_for_every_path(secured: ServerThread) -> None:
+    """With CORS configured, its middleware answers every preflight before auth and routing,
+    so a preflight without the token cannot tell which routes exist."""
+    for origin in ("https://good.example", "https://evil.example"):
+        headers = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+        answers = [
+            httpx.options(secured.url + path, headers=headers)
+            for path in ("/hello", "/price/1", "/no/such/route", "/_cellserve/health")
+        ]
+        assert (
+            len({(a.status_code, a.text, tuple(sorted(a.headers.items()))) for a in answers}) == 1
+        )

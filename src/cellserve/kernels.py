@@ -9,7 +9,8 @@ single round trip:
   literal, then runs the cell (any kernel language; also used for streaming routes).
 
 Both use ``store_history=False``, Python kernels start with IPython's history off, and shell
-kernels run with their history off (``HISTORY_OFF``), so no request reaches the disk. Messages are turned into ``CellOutput`` here and nowhere else.
+kernels run with their history off (``HISTORY_OFF``), so no request reaches the disk.
+Messages are turned into ``CellOutput`` here and nowhere else.
 """
 
 from __future__ import annotations

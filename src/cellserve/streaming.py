@@ -7,7 +7,10 @@ A route opts in with a directive under its annotation::
 
 The response starts at once with status 200 and is sent chunked (``text/plain``), or as
 Server-Sent Events when the client accepts ``text/event-stream`` (one ``data:`` event per
-chunk, then an ``end`` event, or an ``error`` event carrying ``Error ename: evalue``).
+chunk, then an ``end`` event). A stream that fails — the cell raises, times out, loses its
+kernel, or passes the response size limit — never ends normally: with SSE it ends with an
+``error`` event carrying the reason (``Error ename: evalue`` for a cell error); in plain text
+the reason is written as a last line and the chunked body is aborted (no final chunk).
 ResponseInfo cannot change a status already sent, so it is not run for streaming routes.
 If the client goes away, the cell is interrupted.
 """
@@ -22,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from cellserve.cells import CellCall, CellOutcome
 from cellserve.exceptions import KernelError
 from cellserve.pool import ExecutionTimeout, KernelPool, Unavailable
+from cellserve.response import utf8
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
@@ -31,7 +35,7 @@ def _sse(event: str | None, text: str) -> bytes:
     fields of its own."""
     lines = "".join(f"data: {line}\n" for line in _LINE_END.split(text))
     head = f"event: {event}\n" if event else ""
-    return (head + lines + "\n").encode("utf-8")
+    return utf8(head + lines + "\n")
 
 
 async def stream_cell(
@@ -55,10 +59,10 @@ async def stream_cell(
     )
 
     async def forward(text: str) -> None:
-        body = _sse(None, text.rstrip("\n")) if sse else text.encode("utf-8")
+        body = _sse(None, text.rstrip("\n")) if sse else utf8(text)
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
-    tail = b""
+    failure: str | None = None
     outcome: CellOutcome | None = None
     async with anyio.create_task_group() as tg:
 
@@ -75,13 +79,22 @@ async def stream_cell(
                 on_stdout=forward,
             )
         except (Unavailable, ExecutionTimeout, KernelError) as exc:
-            tail = _sse("error", str(exc)) if sse else f"\n{exc}\n".encode()
+            failure = str(exc)
         tg.cancel_scope.cancel()
-    if outcome is not None:
-        error = outcome.cell.error
-        if error is not None:
-            tail = _sse("error", error.summary) if sse else f"{error.summary}\n".encode()
-        elif sse:
-            tail = _sse("end", "")
-    if outcome is not None or tail:  # nothing to send to a client that left
+    if outcome is not None and outcome.cell.error is not None:
+        failure = outcome.cell.error.summary
+    elif outcome is not None and outcome.cell.truncated:
+        failure = "the cell's output passed the server's response size limit; the stream was cut"
+    if outcome is None and failure is None:
+        return  # the client left: nothing to send
+    if sse:
+        tail = _sse("end", "") if failure is None else _sse("error", failure)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+    elif failure is None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:
+        # Plain text has no error event: write the reason, then stop without the final chunk,
+        # so HTTP clients see an incomplete body instead of a finished one.
+        await send(
+            {"type": "http.response.body", "body": utf8(f"\n{failure}\n"), "more_body": True}
+        )

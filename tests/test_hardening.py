@@ -1,0 +1,293 @@
+"""Hostile input and faults against real servers: each test is one finding of issue 15.
+
+Every case gets a prompt, definite, documented answer; SECURITY.md lists which test proves
+which protection.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import cellserve.request
+from cellserve import app_from_notebook
+from tests.servers import ServerThread, write_notebook
+
+TOKEN = "hardening-t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LIMIT = 1000
+# A lone surrogate, sent as the JSON escape \ud800: any client can.
+SURROGATE = json.dumps({"name": "\ud800x"}).encode()
+JSON = {"Content-Type": "application/json"}
+
+CELLS: list[str | tuple[str, str]] = [
+    "import json\nfrom IPython.display import HTML, display",
+    "# GET /hello\nprint('hello')",
+    "# GET /request\nprint(REQUEST)",
+    "# POST /echo\nprint(json.loads(REQUEST)['body']['name'])",
+    "# POST /show\ndisplay(HTML(json.loads(REQUEST)['body']['name']))",
+    "# POST /stream_echo\n# cellserve: stream\nprint(json.loads(REQUEST)['body']['name'])",
+    "# POST /size\nprint(len(REQUEST))",
+    "# GET /value\n'x' * 5000",
+    "# GET /html\ndisplay(HTML('<p>' + 'x' * 5000 + '</p>'))",
+    "# GET /flood_stream\n# cellserve: stream\n"
+    "for i in range(50):\n    print('y' * 99, flush=True)",
+    "# GET /header\nprint('ok')",
+    "# ResponseInfo GET /header\n"
+    "print(json.dumps({'headers': {'X-Echo': json.loads(REQUEST)['args']['v'][0]}}))",
+]
+
+
+def _serve(tmp: Path, name: str, **options: object) -> Iterator[ServerThread]:
+    path = write_notebook(tmp / f"{name}.ipynb", CELLS)
+    app = app_from_notebook(path, timeout=60, max_response_size=LIMIT, **options)
+    with ServerThread(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """Fast path, auth on, no CORS, room for a 7 MB body."""
+    yield from _serve(
+        tmp_path_factory.mktemp("nb"), "fast", auth_token=TOKEN, max_body_size=8_000_000
+    )
+
+
+@pytest.fixture(scope="module")
+def execute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """Every request through execute_request."""
+    yield from _serve(tmp_path_factory.mktemp("nb"), "execute", execution="execute")
+
+
+def get(server: ServerThread, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.get(server.url + path, headers=AUTH, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+# -- 1. unencodable output is answered at once ----------------------------------------------
+# A lone surrogate cannot be encoded as UTF-8: it is sent as U+FFFD. Before, the fast path
+# sent no answer (504 after the whole timeout, the kernel blocked meanwhile) and the execute
+# path lost the output (200, empty body). The 30 s client timeout is half the server's.
+
+
+@pytest.mark.parametrize("mode", ["fast", "execute"])
+def test_lone_surrogate_in_stdout_is_answered_at_once_as_a_replacement_character(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    server: ServerThread = request.getfixturevalue(mode)
+    response = httpx.post(
+        server.url + "/echo", content=SURROGATE, headers={**AUTH, **JSON}, timeout=30
+    )
+    assert (response.status_code, response.text) == (200, "\ufffdx\n")
+    shown = httpx.post(
+        server.url + "/show",
+        content=SURROGATE,
+        headers={**AUTH, **JSON, "Accept": "text/html"},
+        timeout=30,
+    )
+    assert (shown.status_code, shown.text) == (200, "\ufffdx")
+    assert httpx.get(server.url + "/hello", headers=AUTH, timeout=30).text == "hello\n"
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "text/event-stream"])
+def test_lone_surrogate_in_a_stream_is_a_replacement_character(
+    fast: ServerThread, accept: str
+) -> None:
+    response = httpx.post(
+        fast.url + "/stream_echo",
+        content=SURROGATE,
+        headers={**AUTH, **JSON, "Accept": accept},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert "\ufffdx" in response.text
+    if accept == "text/event-stream":
+        assert response.text.endswith("event: end\ndata: \n\n")
+
+
+# -- 3. large bodies are parsed off the event loop ------------------------------------------
+
+
+def test_health_answers_while_a_7mb_form_body_is_parsed(
+    fast: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The form parser is held open until health has answered: if parsing ran on the event
+    loop, the server could answer nothing meanwhile and the health request would time out."""
+    parsing, answered = threading.Event(), threading.Event()
+    parse_qs = cellserve.request.parse_qs
+
+    def held_open(text: str, *args: Any, **kwargs: Any) -> dict[str, list[str]]:
+        if len(text) > 1_000_000:
+            parsing.set()
+            answered.wait(timeout=60)
+        return parse_qs(text, *args, **kwargs)
+
+    monkeypatch.setattr(cellserve.request, "parse_qs", held_open)
+    body = b"a=&" * 2_333_333  # 7 MB, 2.3 M fields: seconds of parsing
+    result: list[httpx.Response] = []
+    headers = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    upload = threading.Thread(
+        target=lambda: result.append(
+            httpx.post(fast.url + "/size", content=body, headers=headers, timeout=120)
+        )
+    )
+    upload.start()
+    try:
+        assert parsing.wait(timeout=60), "the 7 MB body never reached the parser"
+        health = httpx.get(fast.url + "/_cellserve/health", headers=AUTH, timeout=20)
+        assert health.status_code == 200
+    finally:
+        answered.set()
+        upload.join(timeout=90)
+    assert result and result[0].status_code == 200
+
+
+# -- 4. undecodable bodies are 400 JSON, never a crash --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "reason"),
+    [
+        *(
+            (b"aGVsbG8=", f"text/plain; charset={charset}", "not a text encoding")
+            for charset in ("base64", "rot13", "hex", "zlib", "bz2", "uu", "quopri", "undefined")
+        ),
+        (b"[" * 100_000, "application/json", "nested deeper than"),
+        (b"[" + b"7" * 5000 + b"]", "application/json", "integer longer than"),
+    ],
+)
+def test_hostile_bodies_are_400_json(
+    fast: ServerThread, content: bytes, content_type: str, reason: str
+) -> None:
+    response = httpx.post(
+        fast.url + "/size",
+        content=content,
+        headers={**AUTH, "Content-Type": content_type},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["reason"] == "Bad Request"
+    assert reason in response.json()["message"]
+
+
+# -- 5. the response size limit covers every kind of output ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fast", "execute"])
+@pytest.mark.parametrize("route", ["/value", "/html"])
+def test_large_value_or_display_passes_no_size_limit(
+    mode: str, route: str, request: pytest.FixtureRequest
+) -> None:
+    server: ServerThread = request.getfixturevalue(mode)
+    response = httpx.get(server.url + route, headers=AUTH, timeout=30)
+    assert response.status_code == 500
+    assert f"GET {route} produced more output" in response.json()["message"]
+
+
+# -- 6. a cut stream never looks complete ----------------------------------------------------
+
+
+def test_cut_plain_stream_is_an_aborted_chunked_body(fast: ServerThread) -> None:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("GET", fast.url + "/flood_stream", headers=AUTH, timeout=30) as response,
+    ):
+        assert response.status_code == 200
+        response.read()
+
+
+def test_cut_event_stream_ends_with_an_error_event(fast: ServerThread) -> None:
+    headers = {**AUTH, "Accept": "text/event-stream"}
+    response = httpx.get(fast.url + "/flood_stream", headers=headers, timeout=30)
+    assert response.status_code == 200
+    last = response.text.rstrip("\n").rsplit("\n\n", 1)[-1]
+    assert last.startswith("event: error\ndata: ")
+    assert "response size limit" in last
+    assert "event: end" not in response.text
+
+
+# -- 7. the token never reaches notebook code ------------------------------------------------
+
+
+def test_token_is_cut_from_referer_and_every_header(fast: ServerThread) -> None:
+    headers = {
+        **AUTH,
+        "Referer": f"{fast.url}/docs?token={TOKEN}",
+        "X-Original-Uri": f"/request?a=1&token={TOKEN}",
+        "X-Other": f"x {TOKEN} y",
+    }
+    response = httpx.get(fast.url + "/request", headers=headers, params={"token": TOKEN})
+    assert response.status_code == 200
+    assert TOKEN not in response.text
+    seen = json.loads(response.text)["headers"]
+    assert seen["Referer"] == f"{fast.url}/docs"
+    assert seen["X-Original-Uri"] == "/request?a=1"
+
+
+def test_docs_page_sends_no_referrer(fast: ServerThread) -> None:
+    page = httpx.get(fast.url + "/docs", params={"token": TOKEN}, timeout=30)
+    assert page.status_code == 200
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
+# -- 9. ResponseInfo headers are RFC 9110 field values ---------------------------------------
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "\x1b[2J", "a\x7fb", "a\x0bb", "a\x0cb", "snow\u2603"])
+def test_response_info_header_outside_rfc_9110_is_a_500_json_naming_the_route(
+    fast: ServerThread, value: str
+) -> None:
+    response = get(fast, "/header", params={"v": value})
+    assert response.status_code == 500
+    message = response.json()["message"]
+    assert message.startswith("ResponseInfo GET /header: header 'X-Echo'")
+    assert "RFC 9110" in message
+
+
+def test_valid_response_info_header_goes_out(fast: ServerThread) -> None:
+    response = get(fast, "/header", params={"v": "  a\tb c  "})
+    assert (response.status_code, response.headers["x-echo"]) == (200, "a\tb c")
+
+
+# -- 11. WebSocket upgrades are refused cleanly ----------------------------------------------
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.mark.parametrize("path", ["/hello", "/nope", "/_cellserve/health", "/docs"])
+def test_websocket_upgrade_without_the_token_is_401(fast: ServerThread, path: str) -> None:
+    response = httpx.get(fast.url + path, headers=UPGRADE, timeout=30)
+    assert response.status_code == 401
+    assert response.json()["reason"] == "Unauthorized"
+
+
+def test_websocket_upgrade_with_the_token_is_404_json(fast: ServerThread) -> None:
+    for path in ("/hello", "/_cellserve/docs/assets/swagger-ui.css"):
+        response = httpx.get(fast.url + path, headers={**UPGRADE, **AUTH}, timeout=30)
+        assert response.status_code == 404
+        assert "no WebSocket" in response.json()["message"]
+    assert get(fast, "/hello").text == "hello\n"
+
+
+# -- 12. preflights reveal nothing without the token -----------------------------------------
+
+
+def test_preflight_without_token_looks_the_same_for_every_path(fast: ServerThread) -> None:
+    preflight = {"Origin": "https://any.example", "Access-Control-Request-Method": "POST"}
+    answers = [
+        httpx.options(fast.url + path, headers=preflight, timeout=30)
+        for path in ("/hello", "/echo", "/no/such/route")
+    ]
+    assert {(a.status_code, a.text, a.headers.get("allow")) for a in answers} == {
+        (401, answers[0].text, None)
+    }
