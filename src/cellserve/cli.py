@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cellserve.commands import add_commands
 from cellserve.exceptions import CellserveError, SettingsError
 from cellserve.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from cellserve.settings import DEFAULT_PORT, Settings, env_names
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CELLSERVE_LOG_FORMAT", "text").lower(),
         help="text lines, or one JSON object per line (default text); env: CELLSERVE_LOG_FORMAT",
     )
+    add_commands(commands)
     return parser
 
 
@@ -166,6 +168,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     configure_logging(args.log_level, args.log_format)
     options = {option: getattr(args, option) for _, option, _, _ in _OPTIONS}
     for option in ("allow_credentials", "allow_notebook_download", *(s[1] for s in _SWITCHES)):

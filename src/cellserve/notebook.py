@@ -148,6 +148,11 @@ class NotebookApi:
     source_text: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
+    @property
+    def syntax_errors(self) -> tuple[CellSyntaxError, ...]:
+        """The first syntax error of each route that has one (Python notebooks only)."""
+        return tuple(e.syntax_error for e in self.endpoints if e.syntax_error is not None)
+
     def kernel_identity(self) -> tuple[object, ...]:
         """What decides whether a kernel built for this API can serve another version."""
         return (self.kernel_name, self.language, self.seeds)
@@ -292,11 +297,6 @@ def _describe(
             f"`{prefix} GET /hello` to serve it"
         )
     endpoints = tuple(_finish(draft, language) for draft in drafts.values())
-    warnings += [
-        f"{e.syntax_error.describe(name)}; requests to it answer 500 until it is fixed"
-        for e in endpoints
-        if e.syntax_error is not None
-    ]
     return NotebookApi(
         name=name,
         kernel_name=kernel_name or str(kernelspec.get("name") or "python3"),

@@ -127,6 +127,8 @@ class NotebookService:
             self._current = self._generation(api, pool)
             for warning in api.warnings:
                 logger.warning("%s", warning)
+            for error in api.syntax_errors:
+                logger.warning("%s; it answers 500 until fixed", error.describe(api.name))
             logger.info(
                 "%s: serving %s",
                 self.label,
