@@ -316,7 +316,7 @@ def _run(coroutine: Any) -> None:
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        uvloop = None  # the standard event loop will do; nothing to report
+        uvloop = None  # type: ignore[assignment,unused-ignore]  # the standard loop will do
     if uvloop is None:
         asyncio.run(coroutine)
     else:
