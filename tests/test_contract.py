@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ def cells(broken_route: str = "print(1)") -> list[str | tuple[str, str]]:
         "# GET /items/:id\nr = json.loads(REQUEST)\nprint(r['path']['id'], r['args']['kind'][0])",
         "# GET /typo\nprint('before'\n",
         f"# GET /fine\n{broken_route}",
+        "# GET /boom\nx = 1\n1 / 0",
     ]
 
 
@@ -96,6 +98,18 @@ def test_a_syntax_error_is_kernel_gateways_500_naming_the_route(client: httpx.Cl
     assert response.status_code == 500
     assert response.headers["content-type"] == "text/plain"
     assert response.text == "Error SyntaxError: '(' was never closed (GET /typo, cell 4, line 2) \n"
+
+
+def test_a_cell_error_traceback_names_the_route_not_a_file(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="cellserve.cells"):
+        assert client.get("/boom").text == "Error ZeroDivisionError: division by zero \n"
+    (record,) = [r for r in caplog.records if r.name == "cellserve.cells"]
+    traceback = record.traceback  # type: ignore[attr-defined]
+    assert 'File "<GET /boom>", line 3, in <module>' in traceback
+    assert "1 / 0" in traceback
+    assert ".py" not in traceback
 
 
 def test_a_reload_that_breaks_a_route_keeps_the_old_version(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cellserve.declaration import Contract, parse_declaration
-from cellserve.validation import check_request
+from cellserve.validation import apply_contract, check_request
 
 CONTRACT = parse_declaration(
     """
@@ -55,9 +55,17 @@ def problems(contract: Contract = CONTRACT, **kwargs: Any) -> list[dict[str, str
 
 def test_a_matching_request_has_no_problems_and_gets_defaults() -> None:
     value, raw = request(args={"kind": ["flat"], "near": ["1.5"], "new": ["true"]})
-    assert check_request(CONTRACT, value, raw) == []
+    sent = apply_contract(CONTRACT, value, "unused", raw)
     # The cell still sees Kernel Gateway's shape: strings in lists, the default filled in.
-    assert value["args"] == {"kind": ["flat"], "near": ["1.5"], "new": ["true"], "rooms": ["3"]}
+    assert isinstance(sent, str)
+    assert json.loads(sent)["args"] == {
+        "kind": ["flat"],
+        "near": ["1.5"],
+        "new": ["true"],
+        "rooms": ["3"],
+    }
+    value, raw = request(args={"kind": ["flat"], "rooms": ["2"]})
+    assert apply_contract(CONTRACT, value, "as built", raw) == "as built"  # nothing to add
 
 
 @pytest.mark.parametrize(

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+import anyio
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
 from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.pool import ExecutionTimeout, Unavailable
-from cellserve.request import BadRequest, RequestParts, build_request
+from cellserve.request import INLINE_BODY_LIMIT, BadRequest, RequestParts, build_request
 from cellserve.response import build_response, error_response
 from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
 from cellserve.service import Generation
 from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
 from cellserve.syntax import CellSyntaxError
-from cellserve.validation import Problem, check_request
+from cellserve.validation import Problem, apply_contract
 
 
 class _ClientGone(Exception):
@@ -90,9 +91,16 @@ async def _run_endpoint(
     except _ClientGone:
         return None
     if endpoint.contract is not None and endpoint.contract.validates_requests:
-        problems = check_request(endpoint.contract, request, body)
-        if problems:
-            return _problems_response(endpoint.label, problems)
+        checked: list[Problem] | str
+        if len(body) > INLINE_BODY_LIMIT:  # a large body is checked off the event loop
+            checked = await anyio.to_thread.run_sync(
+                apply_contract, endpoint.contract, request, request_json, body
+            )
+        else:
+            checked = apply_contract(endpoint.contract, request, request_json, body)
+        if isinstance(checked, list):
+            return _problems_response(endpoint.label, checked)
+        request_json = checked
     call = CellCall(endpoint.source, request_json, endpoint.response_info, endpoint.options.stream)
     timeout = endpoint.options.timeout or settings.timeout
     accept = _header(scope, b"accept")

@@ -7,7 +7,8 @@ after ``dispatch_common.py`` (whose helpers the server uses too), in the same na
 time a kernel sees that key). The dispatcher runs the route's code, compiled
 once with IPython's transformations applied (so magics work), captures stdout, rich displays
 and the last expression's value in-process, runs the ResponseInfo code if there is one, and
-answers with a single comm message. Request data is data: it is bound to ``REQUEST`` in the
+answers with a single comm message. Tracebacks name the route (``File "<GET /x>", line 3``)
+rather than a temporary file. Request data is data: it is bound to ``REQUEST`` in the
 user namespace and never becomes code text, and nothing is written to IPython's history.
 Every request gets an answer: a fault in the dispatcher, or an answer the kernel cannot send,
 comes back as a cell error. Displays and the value count against the same output limit as
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import linecache
 import sys
 import traceback
 from collections.abc import Callable
@@ -40,7 +42,9 @@ class _Compiled:
         self.syntax_error: SyntaxError | None = None
         self.needs_event_loop = False
         code = shell.transform_cell(source)
-        filename = shell.compile.cache(code)
+        filename = _route_filename(source)
+        # mtime None: linecache keeps the entry, so tracebacks can show the lines.
+        linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
         try:
             tree = ast.parse(code, filename)
         except SyntaxError as exc:
@@ -56,6 +60,12 @@ class _Compiled:
         except SyntaxError:
             # Top-level `await` compiles only as a coroutine: leave it to execute_request.
             self.needs_event_loop = True
+
+
+def _route_filename(source: str) -> str:
+    """``<GET /x>`` from the annotation on the code's first line: what tracebacks show."""
+    annotation = source.split("\n", 1)[0].lstrip("#/ \t").strip()
+    return f"<{annotation}>"
 
 
 def _no_input(prompt: object = "") -> str:

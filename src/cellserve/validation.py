@@ -3,7 +3,7 @@
 Query and path values arrive as text; each is converted to the declared type first (``"3"`` to
 ``3`` for an integer, ``"true"`` to ``True`` for a boolean), then checked with the JSON Schema
 (2020-12) validator. The cell still receives Kernel Gateway's ``REQUEST`` shape (strings in
-lists); a declared default fills in a query parameter the client left out.
+lists); a declared default fills in a query parameter the client left out (``fill_defaults``).
 
 JSON bodies are checked against the body schema; form and multipart bodies reach the cell
 unchecked, as Kernel Gateway passes them, since their values are lists of strings.
@@ -39,30 +39,46 @@ class Problem:
         return {"in": self.location, "at": self.at, "message": self.message}
 
 
-def check_request(
-    contract: Contract, request: MutableMapping[str, Any], raw_body: bytes
-) -> list[Problem]:
-    """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received).
+def apply_contract(
+    contract: Contract, request: MutableMapping[str, Any], request_json: str, raw_body: bytes
+) -> list[Problem] | str:
+    """The problems of a request, or, when there are none, the ``REQUEST`` JSON to send:
+    `request_json` itself, or `request` encoded again with the declared defaults added."""
+    problems = check_request(contract, request, raw_body)
+    if problems:
+        return problems
+    return json.dumps(request) if fill_defaults(contract, request["args"]) else request_json
 
-    Fills declared defaults of missing query parameters into ``request["args"]``.
-    """
+
+def check_request(contract: Contract, request: Mapping[str, Any], raw_body: bytes) -> list[Problem]:
+    """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received)."""
     problems: list[Problem] = []
     media_type = _media_type(request["headers"].get("Content-Type", ""))
-    args: MutableMapping[str, list[str]] = request["args"]
+    args: Mapping[str, list[str]] = request["args"]
     for parameter in contract.parameters:
         if parameter.location == "path":
             problems += _check_value(parameter, request["path"][parameter.name])
         elif parameter.name in args:
             problems += _check_query(parameter, args[parameter.name])
-        elif "default" in parameter.schema:
-            default = parameter.schema["default"]
-            values = default if isinstance(default, list) else [default]
-            args[parameter.name] = [_as_text(v) for v in values]
-        elif parameter.required:
+        elif parameter.required and "default" not in parameter.schema:
             problems.append(Problem("query", parameter.name, "a required parameter is missing"))
     if contract.body is not None and media_type not in _FORMS:
         problems += _check_body(contract, request["body"], media_type, raw_body)
     return problems
+
+
+def fill_defaults(contract: Contract, args: MutableMapping[str, list[str]]) -> bool:
+    """Add the declared default of each query parameter missing from `args`, as text (the
+    shape the cell reads); True if any was added."""
+    added = False
+    for parameter in contract.parameters:
+        schema = parameter.schema
+        if parameter.location == "query" and parameter.name not in args and "default" in schema:
+            default = schema["default"]
+            values = default if isinstance(default, list) else [default]
+            args[parameter.name] = [_as_text(v) for v in values]
+            added = True
+    return added
 
 
 def _check_query(parameter: Parameter, values: list[str]) -> list[Problem]:
