@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -62,5 +63,43 @@ def test_docs_page_lists_operations_and_try_it_out_works(notebook) -> None:
             if os.environ.get("CELLSERVE_UPDATE_SCREENSHOT"):
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
             assert external == []
+        finally:
+            browser.close()
+
+
+def test_try_it_out_starts_from_the_declared_examples(notebook) -> None:
+    from playwright.sync_api import sync_playwright
+
+    declaration = (
+        "Price a house\n\n```yaml\nquery:\n  rooms: {type: integer, example: 4}\n"
+        "body:\n  schema: {type: object, required: [size], properties: {size: {type: number}}}\n"
+        "  example: {size: 120}\n```"
+    )
+    path = notebook(
+        [
+            ("markdown", declaration),
+            "# POST /price\nimport json\nr = json.loads(REQUEST)\n"
+            "print(r['body']['size'] * int(r['args']['rooms'][0]))",
+        ],
+        name="prices.ipynb",
+    )
+    with ServerThread(app_from_notebook(path)) as server, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"{server.url}/docs")
+            page.locator(".opblock-summary", has_text="Price a house").click()
+            body = page.locator(".body-param textarea")
+            body.wait_for(timeout=30_000)
+            assert json.loads(body.input_value()) == {"size": 120}
+            assert page.locator("input[placeholder='rooms']").input_value() == "4"
+            # The prefilled request passes the declaration and reaches the cell.
+            page.locator("button.execute").click()
+            answer = page.locator(".responses-wrapper .response-col_description pre").first
+            answer.wait_for(timeout=30_000)
+            assert answer.inner_text().strip() == "480"
         finally:
             browser.close()
