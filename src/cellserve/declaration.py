@@ -26,10 +26,12 @@ contract reads as documentation in the notebook itself::
       400: A form body with a missing feature   # ...and a description is enough
     ```
 
-Parameters take a JSON Schema plus ``required``, ``description`` and ``example``. Path
-parameters are always required. The body is JSON (``application/json``); it is required
-unless ``required: false``. Examples and defaults must match their schema. A mistake is a
-DeclarationError with the line in the markdown cell.
+A YAML block without any of the four keys is left alone as documentation (a notebook
+written for Kernel Gateway may show an example answer that way). Parameters take a JSON
+Schema plus ``required``, ``description`` and ``example``. Path parameters are always
+required. The body is JSON (``application/json``); it is required unless ``required: false``.
+Examples and defaults must match their schema. A mistake is a DeclarationError with the
+line in the markdown cell.
 
 YAML is read as YAML 1.2 reads it: only ``true``/``false`` are booleans (``yes``, ``no``,
 ``on`` stay strings) and dates stay strings, so every value is plain JSON.
@@ -124,14 +126,18 @@ def split_declaration(markdown: str) -> tuple[str | None, int, str]:
     return None, 0, markdown
 
 
-def parse_declaration(text: str, first_line: int, path_params: Sequence[str]) -> Contract:
-    """The Contract in YAML `text`, whose first line is line `first_line` of its cell."""
+def parse_declaration(text: str, first_line: int, path_params: Sequence[str]) -> Contract | None:
+    """The Contract in YAML `text`, whose first line is line `first_line` of its cell.
+
+    None when the block uses none of the keys `path`, `query`, `body`, `responses`: it is
+    then documentation (say, an example answer), as it was before cellserve read it.
+    """
     reader = _Reader(text, first_line)
     document = reader.data
     if document is None:
         return Contract()
-    if not isinstance(document, dict):
-        raise reader.error((), "a declaration is a mapping with keys " + _known(_SECTIONS))
+    if not isinstance(document, dict) or not any(key in _SECTIONS for key in document):
+        return None
     reader.only_keys(document, (), _SECTIONS)
     parameters = [
         *reader.parameters(document.get("path"), "path", path_params),

@@ -270,8 +270,9 @@ def _describe(
             infos.append((number, info.group(1), info.group(2).strip(), source))
         elif endpoint:
             try:
-                markdown = previous_markdown
-                _add_endpoint_cell(drafts, endpoint, source, number, markdown, name, prefix)
+                _add_endpoint_cell(
+                    drafts, endpoint, source, number, previous_markdown, name, prefix, warnings
+                )
             except NotebookError as exc:
                 problems.append(str(exc))
         else:
@@ -325,6 +326,7 @@ def _add_endpoint_cell(
     markdown_above: str | None,
     name: str,
     prefix: str,
+    warnings: list[str],
 ) -> None:
     verb, raw_path = annotation.group(1), annotation.group(2).strip()
     template = _parse_path(raw_path, name, number, source)
@@ -332,7 +334,8 @@ def _add_endpoint_cell(
     draft = drafts.get((verb, raw_path))
     if draft is None:
         draft = drafts[(verb, raw_path)] = _Draft(verb, template)
-        draft.markdown_above, draft.contract = _declared(markdown_above, template, name, number)
+        declared = _declared(markdown_above, template, name, number, warnings)
+        draft.markdown_above, draft.contract = declared
         draft.first_comment = comments
     draft.options = _parse_directives(comments, name, number, draft.options)
     draft.sources.append(source)
@@ -340,7 +343,7 @@ def _add_endpoint_cell(
 
 
 def _declared(
-    markdown: str | None, template: PathTemplate, name: str, number: int
+    markdown: str | None, template: PathTemplate, name: str, number: int, warnings: list[str]
 ) -> tuple[str | None, Contract | None]:
     """The markdown above an endpoint without its YAML block, and the Contract it declares."""
     if markdown is None:
@@ -349,7 +352,15 @@ def _declared(
         text, first_line, rest = split_declaration(markdown)
         if text is None:
             return markdown, None
-        return rest, parse_declaration(text, first_line, template.param_names)
+        contract = parse_declaration(text, first_line, template.param_names)
+        if contract is None:
+            warnings.append(
+                f"{name}, markdown cell above cell {number}, line {first_line - 1}: the yaml "
+                "block has none of the keys path, query, body, responses, so it is read as "
+                "documentation, not as the route's declaration"
+            )
+            return markdown, None
+        return rest, contract
     except DeclarationError as exc:
         raise NotebookError(
             f"{name}, markdown cell above cell {number}, line {exc.line}: {exc}"
