@@ -60,7 +60,7 @@ def test_kernel_change_needs_new_kernels() -> None:
 
 @pytest.mark.parametrize("path", ["/_cellserve/health", "/_api", "/_api/x"])
 def test_reserved_prefixes_are_refused_with_the_cell(path: str) -> None:
-    with pytest.raises(NotebookError, match=r"cells \[1\].*rename the route"):
+    with pytest.raises(NotebookError, match=r"cell 1: .*rename the route"):
         check_reserved(api(f"# GET {path}\nprint(1)"))
 
 
