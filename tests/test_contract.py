@@ -14,14 +14,16 @@ import pytest
 from cellserve import app_from_notebook
 from tests.servers import ServerThread, write_notebook
 
-ITEMS = (
-    "markdown",
-    "Look an item up.\n\n```yaml\npath:\n  id: {type: integer, minimum: 1}\n"
-    "query:\n  kind: {enum: [book, film], default: book}\n```",
-)
+
+def items(minimum: int) -> tuple[str, str]:
+    return (
+        "markdown",
+        f"Look an item up.\n\n```yaml\npath:\n  id: {{type: integer, minimum: {minimum}}}\n"
+        "query:\n  kind: {enum: [book, film], default: book}\n```",
+    )
 
 
-def cells(broken_route: str = "print(1)") -> list[str | tuple[str, str]]:
+def cells(broken_route: str = "print(1)", minimum: int = 1) -> list[str | tuple[str, str]]:
     return [
         "import json, os, time",
         "# GET /slow\n"
@@ -29,7 +31,7 @@ def cells(broken_route: str = "print(1)") -> list[str | tuple[str, str]]:
         "while not os.path.exists('release') and time.monotonic() < deadline:\n"
         "    time.sleep(0.02)\n"
         "print('released')",
-        ITEMS,
+        items(minimum),
         "# GET /items/:id\nr = json.loads(REQUEST)\nprint(r['path']['id'], r['args']['kind'][0])",
         "# GET /typo\nprint('before'\n",
         f"# GET /fine\n{broken_route}",
@@ -127,3 +129,14 @@ def test_a_reload_that_breaks_a_route_keeps_the_old_version(
     assert client.post("/_cellserve/reload").status_code == 200
     assert client.get("/fine").text == "2\n"
     assert client.get("/_cellserve/health").json()["last_reload_error"] is None
+
+
+def test_a_changed_declaration_applies_on_reload(client: httpx.Client, notebook_path: Path) -> None:
+    assert client.get("/items/3").status_code == 200
+    write_notebook(notebook_path, cells(broken_route="print(2)", minimum=5))
+    result = client.post("/_cellserve/reload").json()
+    assert result["change"] == "docs"  # no code changed: same kernels, new declaration
+    problems = client.get("/items/3").json()["problems"]
+    assert problems == [{"in": "path", "at": "id", "message": "3 is less than the minimum of 5"}]
+    spec = client.get("/openapi.json").json()
+    assert spec["paths"]["/items/{id}"]["get"]["parameters"][0]["schema"]["minimum"] == 5

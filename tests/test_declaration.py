@@ -92,6 +92,14 @@ def test_undeclared_path_parameters_stay_strings_and_no_block_means_no_contract(
     assert parse("Just docs.\n\n```python\nx = 1\n```").endpoints[0].contract is None
 
 
+def test_local_references_are_followed() -> None:
+    contract = contract_of(
+        "```yaml\nbody:\n  schema:\n    $defs: {size: {type: number}}\n"
+        "    properties: {size: {$ref: '#/$defs/size'}}\n  example: {size: 3}\n```"
+    )
+    assert contract.body is not None
+
+
 def test_dates_stay_text() -> None:
     contract = contract_of("```yaml\nquery:\n  day: {type: string, example: 2024-01-31}\n```")
     assert contract.parameters[1].example == "2024-01-31"
@@ -117,6 +125,16 @@ def test_dates_stay_text() -> None:
             "body.example: does not match the schema: 'a' is a required property",
         ),
         ("responses:\n  2000: big", 5, "responses.2000: a status code from 100 to 599"),
+        (
+            "body:\n  schema:\n    $defs: {a: {type: string}}\n    $ref: '#/$defs/b'",
+            7,
+            "body.schema.$ref: `#/$defs/b` does not point inside this schema",
+        ),
+        (
+            "body:\n  schema: {items: {$ref: 'https://example.com/s.json'}}",
+            5,
+            "body.schema.items.$ref: `https://example.com/s.json` does not point inside",
+        ),
         ("responses:\n  200: {descr: x}", 5, "responses.200.descr: unknown key"),
     ],
 )

@@ -87,6 +87,10 @@ def test_a_matching_request_has_no_problems_and_gets_defaults() -> None:
         ),
         ({"kind": ["house"], "new": ["yes"]}, [("query", "new", "'yes' is not of type 'boolean'")]),
         (
+            {"kind": ["house"], "near": ["1_0"]},
+            [("query", "near", "'1_0' is not of type 'number'")],
+        ),
+        (
             {"kind": ["house", "flat"]},
             [("query", "kind", "given 2 times; expects one value")],
         ),

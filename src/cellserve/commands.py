@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,11 @@ def run_openapi(args: argparse.Namespace) -> int:
         server_url=args.server_url,
         auth=args.auth,
     )
-    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
-    print()
+    try:
+        print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
+    except BrokenPipeError:  # e.g. `cellserve openapi nb.ipynb | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -218,6 +219,13 @@ class _Reader:
             Draft202012Validator.check_schema(value)
         except SchemaError as exc:
             raise self.error([*keys, *exc.path], f"not a valid JSON Schema: {exc.message}") from exc
+        for where, reference in _references(value, ()):
+            if not _resolves(value, reference):
+                raise self.error(
+                    [*keys, *where],
+                    f"`{reference}` does not point inside this schema; only local references "
+                    "such as `#/$defs/name` are followed",
+                )
         return value
 
     def matches(self, value: Any, schema: Mapping[str, Any], keys: Sequence[object]) -> None:
@@ -307,6 +315,39 @@ class _Reader:
                 DeclaredResponse(code, description, content_type, schema, spec.get("example"))
             )
         return tuple(found)
+
+
+def _references(schema: Any, where: tuple[object, ...]) -> list[tuple[tuple[object, ...], str]]:
+    """Every ``$ref`` in `schema`, with the keys leading to it."""
+    found: list[tuple[tuple[object, ...], str]] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "$ref" and isinstance(value, str):
+                found.append(((*where, key), value))
+            else:
+                found += _references(value, (*where, key))
+    elif isinstance(schema, list):
+        for index, item in enumerate(schema):
+            found += _references(item, (*where, index))
+    return found
+
+
+def _resolves(root: Any, reference: str) -> bool:
+    """Whether `reference` is a JSON Pointer fragment (``#/a/b``) naming a part of `root`."""
+    if reference == "#":
+        return True
+    if not reference.startswith("#/"):
+        return False
+    node = root
+    for token in reference[2:].split("/"):
+        token = unquote(token).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return False
+    return True
 
 
 def _status_key(status: object) -> str | None:

@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator
 from cellserve.declaration import Contract, Parameter
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -136,13 +137,12 @@ def _convert(text: str, schema: Mapping[str, Any]) -> Any:
     for kind in declared if isinstance(declared, list) else [declared]:
         if kind == "integer" and _INTEGER.match(text):
             return int(text)
-        if kind == "number":
-            try:
-                number = float(text)
-            except ValueError:
-                continue
+        if kind == "number" and _NUMBER.match(text):
+            if _INTEGER.match(text):
+                return int(text)
+            number = float(text)
             if math.isfinite(number):
-                return int(text) if _INTEGER.match(text) else number
+                return number
         if kind == "boolean" and text in ("true", "false"):
             return text == "true"
         if kind == "null" and text in ("", "null"):
