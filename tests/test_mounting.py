@@ -171,6 +171,13 @@ async def test_base_url(notebook) -> None:
         assert set(spec.json()["paths"]) == {"/hello"}
         assert (await client.get("/_api/spec/swagger.json")).status_code == 404
         assert (await client.get("/fake/path/_cellserve/ready")).status_code == 200
+        docs = (await client.get("/fake/path/docs")).text
+        assert 'src="/fake/path/_cellserve/docs/assets/swagger-ui-bundle.js"' in docs
+        assert '"/fake/path/_cellserve/openapi.json"' in docs
+        assets = await client.get("/fake/path/_cellserve/docs/assets/swagger-ui-bundle.js")
+        assert assets.status_code == 200
+        openapi = (await client.get("/fake/path/openapi.json")).json()
+        assert openapi["servers"] == [{"url": "/fake/path"}]
 
 
 def test_base_url_with_trailing_slash(notebook) -> None:

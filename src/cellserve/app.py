@@ -196,9 +196,10 @@ def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
-def base_url(request: Request, settings: Settings) -> str:
-    """The URL prefix of the app's routes, as the client sees it."""
-    return str(request.scope.get("root_path", "")) + settings.mount_prefix
+def base_url(request: Request) -> str:
+    """The URL prefix of the app's routes, as the client sees it: the `root_path`, which
+    already holds the base URL, since these routes are reached through its ``Mount``."""
+    return str(request.scope.get("root_path", ""))
 
 
 def status_routes(status: Status, pools: PoolSource) -> list[BaseRoute]:
@@ -247,13 +248,13 @@ def notebook_routes(state: CellserveApp) -> Router:
         document = openapi_document(
             state.sections(),
             title=state.service.label,
-            server_url=base_url(request, settings),
+            server_url=base_url(request),
             auth=settings.auth_token is not None,
         )
         return JSONResponse(document)
 
     async def docs(request: Request) -> Response:
-        base = base_url(request, settings)
+        base = base_url(request)
         return docs_page(
             request,
             title=state.service.label,

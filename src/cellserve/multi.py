@@ -79,13 +79,13 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         document = openapi_document(
             sections,
             title="cellserve",
-            server_url=base_url(request, settings),
+            server_url=base_url(request),
             auth=settings.auth_token is not None,
         )
         return JSONResponse(document)
 
     async def docs(request: Request) -> Response:
-        base = base_url(request, settings)
+        base = base_url(request)
         specs = [(prefix, f"{base}/{prefix}{ADMIN_PREFIX}/openapi.json") for prefix in states]
         return docs_page(
             request, title="cellserve", specs=specs, assets=f"{base}{ADMIN_PREFIX}/docs/assets"
