@@ -37,6 +37,7 @@ from cellserve.auth import RefuseWebSockets, TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
 from cellserve.endpoint import serve_notebook_request
 from cellserve.exceptions import CellserveError
+from cellserve.jobs import Job, JobTable, JobWork, job_routes
 from cellserve.metrics import PoolSource, metrics_endpoint
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
 from cellserve.pool import KernelPool, KernelState
@@ -55,6 +56,9 @@ class CellserveApp:
     def __init__(self, path: Path, settings: Settings, *, label: str | None = None) -> None:
         self.settings = settings
         self.service = NotebookService(path, settings, label=label)
+        self.jobs = JobTable(
+            ttl=settings.job_ttl, max_jobs=settings.max_jobs, label=self.service.label
+        )
         self._start_lock = anyio.Lock()
         self._lazy_start: asyncio.Task[None] | None = None
         self._start_error: BaseException | None = None
@@ -69,9 +73,11 @@ class CellserveApp:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.service.run)
+                await tg.start(self.jobs.run)
                 try:
                     yield
                 finally:
+                    self.jobs.close()  # cancels running jobs, interrupting their kernels
                     self.service.stop()
         except BaseExceptionGroup as group:
             raise _sole_error(group) from None
@@ -132,7 +138,13 @@ class CellserveApp:
             await response(scope, receive, send)
             return
         with self.service.serving() as generation:
-            await serve_notebook_request(generation, self.settings, scope, receive, send)
+
+            async def submit_job(route: str, work: JobWork) -> Job:
+                return await self.jobs.submit(route, work, lambda: self.service.holding(generation))
+
+            await serve_notebook_request(
+                generation, self.settings, submit_job, scope, receive, send
+            )
 
     def health(self) -> dict[str, Any]:
         if not self.service.started:
@@ -153,6 +165,7 @@ class CellserveApp:
             "generation": generation.number,
             "kernels": {state: n for state, n in counts.items() if n},
             "queue": stats.queue_depth,
+            "jobs": self.jobs.counts(),
             "last_reload": asdict(self.service.last_reload) if self.service.last_reload else None,
             "last_reload_error": self.service.last_error,
             "stats": asdict(stats),
@@ -279,6 +292,7 @@ def notebook_routes(state: CellserveApp) -> Router:
         Route(f"{ADMIN_PREFIX}/docs", docs),
         Mount(f"{ADMIN_PREFIX}/docs/assets", app=docs_assets()),
         Route(f"{KERNEL_GATEWAY_PREFIX}/spec/swagger.json", _needs_service(state, swagger)),
+        *job_routes(state.jobs),
     ]
     if settings.docs:
         routes += [

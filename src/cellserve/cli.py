@@ -61,6 +61,13 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ),
     ("--static-path", "static_path", {"type": Path}, "serve this folder at /public/"),
     (
+        "--job-ttl",
+        "job_ttl",
+        {"type": float},
+        "seconds a finished job's result is kept (default 3600)",
+    ),
+    ("--max-jobs", "max_jobs", {"type": int}, "jobs kept, running or finished (default 100)"),
+    (
         "--workers",
         "workers",
         {"type": int},

@@ -3,12 +3,17 @@
 route (404/405, no kernel) → compiled? (500) → body (413) → ``REQUEST`` (400)
       → declared contract (422) → pool (503/504) → response.
 
+A job route (``# cellserve: job``) answers ``202`` after the contract step and runs the pool
+step in the background, in a task of the notebook's job table (jobs.py).
+
 Nothing before the pool takes a kernel: a route whose cell does not compile and a request
 that breaks the route's declaration are answered without one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from urllib.parse import unquote
 
 import anyio
@@ -16,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
+from cellserve.jobs import Job, SubmitJob, accepted_response
 from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.pool import ExecutionTimeout, Unavailable
 from cellserve.request import INLINE_BODY_LIMIT, BadRequest, RequestParts, build_request
@@ -37,16 +43,27 @@ class _BodyTooLarge(Exception):
 
 
 async def serve_notebook_request(
-    generation: Generation, settings: Settings, scope: Scope, receive: Receive, send: Send
+    generation: Generation,
+    settings: Settings,
+    submit_job: SubmitJob,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> None:
-    """Answer one HTTP request for a notebook route of `generation`."""
-    answer = await _respond(generation, settings, scope, receive, send)
+    """Answer one HTTP request for a notebook route of `generation`; job routes hand their
+    cell to `submit_job`."""
+    answer = await _respond(generation, settings, submit_job, scope, receive, send)
     if answer is not None:
         await answer(scope, receive, send)
 
 
 async def _respond(
-    generation: Generation, settings: Settings, scope: Scope, receive: Receive, send: Send
+    generation: Generation,
+    settings: Settings,
+    submit_job: SubmitJob,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> Response | None:
     """The response to send, or None when it was streamed or the client left."""
     method = scope["method"]
@@ -62,12 +79,13 @@ async def _respond(
             return Response(status_code=200, headers={"Allow": allow})
         return error_response(405, f"{scope['path']} does not accept {method}", {"Allow": allow})
     note_route(generation.pool.label, found.endpoint.label)
-    return await _run_endpoint(generation, settings, found, scope, receive, send)
+    return await _run_endpoint(generation, settings, submit_job, found, scope, receive, send)
 
 
 async def _run_endpoint(
     generation: Generation,
     settings: Settings,
+    submit_job: SubmitJob,
     found: RouteMatch,
     scope: Scope,
     receive: Receive,
@@ -107,18 +125,55 @@ async def _run_endpoint(
     if endpoint.options.stream:
         await stream_cell(generation.pool, call, timeout, accept, scope, receive, send)
         return None
+    if endpoint.options.job:
+        # The execute path reports stdout as it arrives: the job's progress.
+        job_call = replace(call, stream=True)
+
+        async def work(job: Job) -> Response:
+            return await _answer(generation, job_call, timeout, accept, endpoint.label, job=job)
+
+        try:
+            job = await submit_job(endpoint.label, work)
+        except Unavailable as exc:
+            return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        return accepted_response(job, scope.get("root_path", ""))
     note_queued()
+    return await _answer(
+        generation,
+        call,
+        timeout,
+        accept,
+        endpoint.label,
+        disconnected=lambda: _disconnected(receive),
+    )
+
+
+async def _answer(
+    generation: Generation,
+    call: CellCall,
+    timeout: float | None,
+    accept: str | None,
+    label: str,
+    *,
+    job: Job | None = None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> Response:
+    """Run `call` on the pool and turn its outcome, or the pool's refusal, into a response;
+    a job's `call` feeds the job's progress as the cell prints."""
     try:
         outcome = await generation.pool.execute(
-            call, timeout=timeout, disconnected=lambda: _disconnected(receive)
+            call,
+            timeout=timeout,
+            on_stdout=job.add_progress if job is not None else None,
+            disconnected=disconnected,
         )
     except Unavailable as exc:
         return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
     except ExecutionTimeout as exc:
         return error_response(504, str(exc))
     if outcome.cell.error is not None:
-        log_cell_error(generation.pool.label, endpoint.label, outcome.cell.error)
-    return build_response(outcome, accept, label=endpoint.label)
+        log_cell_error(generation.pool.label, label, outcome.cell.error)
+    return build_response(outcome, accept, label=label)
 
 
 def _syntax_error_response(error: CellSyntaxError) -> Response:

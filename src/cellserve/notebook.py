@@ -107,6 +107,7 @@ class RouteOptions:
 
     stream: bool = False
     timeout: float | None = None
+    job: bool = False
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,7 @@ def _parse_directives(
     """`options` updated with the ``# cellserve: ...`` lines of one cell."""
     stream = options.stream
     timeout = options.timeout
+    job = options.job
     for comment in comments:
         match = _DIRECTIVE.match(comment)
         if not match:
@@ -399,6 +401,8 @@ def _parse_directives(
             key, _, value = word.partition("=")
             if key == "stream" and not value:
                 stream = True
+            elif key == "job" and not value:
+                job = True
             elif key == "timeout" and value:
                 try:
                     timeout = float(value)
@@ -412,9 +416,14 @@ def _parse_directives(
             else:
                 raise NotebookError(
                     f"{name} cell {number}: unknown directive `{word}` "
-                    "(known: `stream`, `timeout=SECONDS`)"
+                    "(known: `stream`, `job`, `timeout=SECONDS`)"
                 )
-    return RouteOptions(stream=stream, timeout=timeout)
+    if stream and job:
+        raise NotebookError(
+            f"{name} cell {number}: `stream` and `job` exclude each other: a job's progress is "
+            "read from its job URL; keep one"
+        )
+    return RouteOptions(stream=stream, timeout=timeout, job=job)
 
 
 def _finish(draft: _Draft, language: str) -> Endpoint:

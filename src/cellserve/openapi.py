@@ -43,6 +43,8 @@ def openapi_document(
             operation = _operation(endpoint, section, auth)
             operation["operationId"] = _unique(operation["operationId"], used_ids)
             paths.setdefault(path, {})[endpoint.verb.lower()] = operation
+        if any(endpoint.options.job for endpoint in section.api.endpoints):
+            paths.update(_job_paths(section, used_ids, auth))
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -68,6 +70,18 @@ def openapi_document(
 def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, Any]:
     contract = endpoint.contract or Contract()
     responses = _responses(endpoint, contract)
+    if endpoint.options.job:
+        # What the cell answers arrives later, inside the job; the request gets a 202.
+        statuses = ", ".join(code for code in responses if code != "default") or "any"
+        responses = {
+            "202": {
+                "description": "Accepted: the cell runs as a job. Poll `Location`; the job's "
+                f"result carries the route's own answer (status {statuses}, or 500, 503, 504).",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": _JOB_SCHEMA}},
+            },
+            "503": {"description": "Too many jobs are running, or the server is stopping"},
+        }
     for code, description in _SERVER_ERRORS.items():
         if code == "405" or code in responses:
             continue
@@ -76,6 +90,8 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
         if code == "422":
             if contract.validates_requests:
                 responses[code] = _PROBLEMS_RESPONSE
+            continue
+        if code in ("500", "503", "504") and endpoint.options.job:
             continue
         responses[code] = {"description": description}
     if auth:
@@ -122,6 +138,77 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
             },
         }
     return operation
+
+
+_JOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "route", "state", "progress", "location"],
+    "properties": {
+        "id": {"type": "string"},
+        "route": {"type": "string", "examples": ["POST /train"]},
+        "state": {"enum": ["running", "done", "cancelled"]},
+        "created": {"type": "number", "description": "Unix time"},
+        "finished": {"type": ["number", "null"], "description": "Unix time"},
+        "progress": {"type": "string", "description": "What the cell has printed so far"},
+        "location": {"type": "string"},
+        "result_location": {"type": "string"},
+        "result": {
+            "type": "object",
+            "description": "Once done: the response the route answered. A body that is not "
+            "UTF-8 is base64 with `body_encoding`.",
+            "properties": {
+                "status": {"type": "integer"},
+                "headers": {"type": "object"},
+                "body": {"type": "string"},
+                "body_encoding": {"const": "base64"},
+            },
+        },
+    },
+}
+
+
+def _job_paths(section: Section, used_ids: set[str], auth: bool) -> dict[str, Any]:
+    """The job endpoints of a notebook with job routes."""
+    base = f"{section.prefix}/_cellserve/jobs/{{job_id}}"
+    parameter = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    job = {"application/json": {"schema": _JOB_SCHEMA}}
+    gone = {"description": "No such job (never created, deleted, or expired)"}
+    extra = {"401": {"description": "Missing or wrong auth token"}} if auth else {}
+
+    def operation(name: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "operationId": _unique(name + "_" + (_tag(section).replace(".", "_")), used_ids),
+            "tags": [_tag(section)],
+            "summary": summary,
+            "parameters": [parameter],
+            "responses": {**responses, "404": gone, **extra},
+        }
+
+    return {
+        base: {
+            "get": operation(
+                "get_job",
+                "A job's state, output so far and, once done, its result",
+                {"200": {"description": "The job", "content": job}},
+            ),
+            "delete": operation(
+                "delete_job",
+                "Cancel a running job (its kernel is interrupted) or forget a finished one",
+                {"200": {"description": "The job, as it ended", "content": job}},
+            ),
+        },
+        base + "/result": {
+            "get": operation(
+                "get_job_result",
+                "The response the route answered, with its status and headers",
+                {
+                    "default": {"description": "The route's own response, once the job is done"},
+                    "202": {"description": "Still running: the job", "content": job},
+                    "409": {"description": "The job was cancelled: it has no result"},
+                },
+            )
+        },
+    }
 
 
 _PROBLEMS_RESPONSE: dict[str, Any] = {

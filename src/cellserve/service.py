@@ -107,9 +107,16 @@ class NotebookService:
     def serving(self) -> Iterator[Generation]:
         """Pin the current generation (and so its pool) for one request."""
         generation = self.current
+        with self.holding(generation):
+            yield generation
+
+    @contextmanager
+    def holding(self, generation: Generation) -> Iterator[None]:
+        """Keep `generation`'s pool open until the block ends (e.g. a job outliving its
+        request)."""
         self._pins.pin(generation.pool)
         try:
-            yield generation
+            yield
         finally:
             self._pins.unpin(generation.pool)
 

@@ -52,6 +52,8 @@ class Settings:
     allow_notebook_download: bool = False
     static_path: Path | None = None
     docs: bool = True
+    job_ttl: float = 3600.0
+    max_jobs: int = 100
     start_on_first_request: bool = False
     workers: int = 1
     access_log: bool = True
@@ -84,6 +86,8 @@ class Settings:
             "startup_timeout",
             "max_body_size",
             "max_response_size",
+            "job_ttl",
+            "max_jobs",
         ):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
