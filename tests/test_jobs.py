@@ -254,3 +254,24 @@ async def test_table_forgets_finished_jobs_after_the_ttl_and_cancels_on_close() 
         assert crashed.result is not None and crashed.result.status == 500
         table.close()
     assert running.state is JobState.CANCELLED
+
+
+def test_job_urls_carry_the_notebooks_prefix_in_a_multi_notebook_app(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from cellserve import app_from_notebooks
+
+    path = write_notebook(tmp_path / "quick.ipynb", ["# GET /now\n# cellserve: job\nprint('ok')"])
+    with TestClient(app_from_notebooks({"nb": path})) as client:
+        accepted = client.get("/nb/now")
+        assert accepted.status_code == 202
+        location = accepted.headers["location"]
+        assert location.startswith("/nb/_cellserve/jobs/")
+        deadline = time.monotonic() + 90
+        while (job := client.get(location).json())["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert job["result"]["body"] == "ok\n"
+        assert client.get(location + "/result").text == "ok\n"
+        spec = client.get("/openapi.json").json()
+        assert "/nb/_cellserve/jobs/{job_id}" in spec["paths"]
