@@ -16,7 +16,6 @@ import math
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -26,6 +25,10 @@ from cellserve.declaration import Contract, Parameter
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FORMATS = Draft202012Validator.FORMAT_CHECKER
+_MAX_VALIDATORS = 512
+# id(schema) → (schema, its validator); keeping the schema keeps its id from being reused.
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def _schema_problems(
     schema: Mapping[str, Any], value: Any, location: str, name: str | None
 ) -> list[Problem]:
     problems = []
-    for error in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value):
+    for error in _validator(schema).iter_errors(value):
         if name is None:
             at = "".join(f"/{_escape(part)}" for part in error.absolute_path)
         else:
@@ -124,11 +127,16 @@ def _schema_problems(
     return sorted(problems, key=lambda p: p.at)
 
 
-@lru_cache(maxsize=512)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(
-        json.loads(schema_json), format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+def _validator(schema: Mapping[str, Any]) -> Draft202012Validator:
+    """The validator for `schema`, built once per schema object (a route's schemas live as
+    long as its notebook version; the oldest are forgotten after many reloads)."""
+    entry = _VALIDATORS.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        validator = Draft202012Validator(schema, format_checker=_FORMATS)
+        entry = _VALIDATORS[id(schema)] = (schema, validator)
+        while len(_VALIDATORS) > _MAX_VALIDATORS:
+            _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    return entry[1]
 
 
 def _convert(text: str, schema: Mapping[str, Any]) -> Any:
