@@ -128,8 +128,9 @@ def test_deployment_settings_are_real_and_shutdown_fits_the_grace_period() -> No
     known = {name for field in Settings.__dataclass_fields__ for name in env_names(field)}
     assert set(env) <= known, "the manifest sets variables cellserve does not read"
     settings = Settings.load(environ=env)
-    # The grace for requests, then up to 10 s to stop kernels, with margin.
-    needed = settings.shutdown_grace + 10
+    # Drain, then the grace for requests, then up to 10 s to stop kernels, with margin.
+    assert settings.drain_delay >= 5, "endpoints need a few seconds to forget a pod"
+    needed = settings.drain_delay + settings.shutdown_grace + 10
     assert pod["spec"]["terminationGracePeriodSeconds"] > needed
 
     memory = container["resources"]["requests"]["memory"]

@@ -39,7 +39,8 @@ def test_two_workers_serve_and_stop_leaving_no_kernel(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [CELLSERVE, "serve", str(notebook(CELLS)), "--workers", "2", "--port", str(port)]
-    server = Process([*args, "--no-reload"], tmp_path / "log", new_session=True)
+    args += ["--no-reload", "--drain-delay", "1"]
+    server = Process(args, tmp_path / "log", new_session=True)
     processes.append(server)
     server.wait_ready(url)
 
@@ -54,6 +55,15 @@ def test_two_workers_serve_and_stop_leaving_no_kernel(
         server.popen.send_signal(signal.SIGTERM)
     else:
         os.killpg(server.popen.pid, signal.SIGINT)
+    # Every worker drains: /ready answers 503 until they stop accepting.
+    statuses = set()
+    while True:
+        try:
+            with httpx.Client() as client:
+                statuses.add(client.get(url + "/_cellserve/ready", timeout=10).status_code)
+        except httpx.TransportError:
+            break
+    assert statuses == {503}
     assert server.wait(timeout=60) == 0
     assert_gone([*by_worker, *kernels])
     assert "Traceback" not in server.output

@@ -68,6 +68,12 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ),
     ("--max-jobs", "max_jobs", {"type": int}, "jobs kept, running or finished (default 100)"),
     (
+        "--drain-delay",
+        "drain_delay",
+        {"type": float},
+        "on SIGTERM: seconds to keep serving with /_cellserve/ready at 503 (default 0)",
+    ),
+    (
         "--workers",
         "workers",
         {"type": int},
@@ -283,29 +289,25 @@ def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.utils import LifespanFailureError
 
+    from cellserve.drain import Drain, DrainMiddleware, stop_after_drain
+
     url = _url(settings, listener)
     config = _hypercorn_config(settings, listener)
-    received: list[int] = []
-
-    async def until_signal() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(number: int) -> None:
-            received.append(number)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        await stop.wait()
-        logger.info("stopping: finishing requests, then shutting kernels down")
-
+    drain = Drain()
+    app = DrainMiddleware(app, drain)
+    signals = (signal.SIGINT, signal.SIGTERM)
     _log_start(url)
     try:
-        _run(serve(app, config, shutdown_trigger=until_signal))
+        _run(
+            serve(
+                app,
+                config,
+                shutdown_trigger=lambda: stop_after_drain(drain, settings.drain_delay, signals),
+            )
+        )
     except LifespanFailureError as exc:
-        if received:
-            return 128 + received[0]
+        if drain.signal is not None:
+            return 128 + drain.signal
         return _fail(f"start-up failed: {_last_line(str(exc))}", 1)
     return 0
 

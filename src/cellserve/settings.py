@@ -59,6 +59,7 @@ class Settings:
     access_log: bool = True
     seed_output: bool = False
     transport: str = "ipc"
+    drain_delay: float = 0.0
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
@@ -68,6 +69,8 @@ class Settings:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
         if self.workers < 1:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
+        if not (math.isfinite(self.drain_delay) and self.drain_delay >= 0):
+            raise SettingsError(f"drain_delay must be 0 or more seconds, got {self.drain_delay}")
         if self.execution not in ("fast", "execute"):
             raise SettingsError(f"execution must be 'fast' or 'execute', got {self.execution!r}")
         if self.transport not in ("ipc", "tcp"):

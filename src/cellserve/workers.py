@@ -8,11 +8,11 @@ it has its own kernels (N times ``--kernels`` in all), its own queue and its own
 
 The parent only supervises:
 
-* SIGINT or SIGTERM sets the shared stop event; every worker then stops (finishing its
-  requests within the shutdown grace, then stopping its kernels) and the parent waits for
-  them. Workers ignore SIGINT, so Ctrl-C in a terminal, which reaches the whole process
-  group, stops them through the parent, once. A worker also stops on its own SIGTERM, and
-  when its parent disappears.
+* SIGINT or SIGTERM sets the shared stop event; every worker then drains (``drain.py``:
+  ``/ready`` answers 503 from that moment), stops, finishing its requests within the
+  shutdown grace, and stops its kernels; the parent waits for them. Workers ignore SIGINT,
+  so Ctrl-C in a terminal, which reaches the whole process group, stops them through the
+  parent, once. A worker also drains on its own SIGTERM, and when its parent disappears.
 * SIGHUP is passed on to every worker: each reloads its notebooks.
 * A worker that exits by itself (a seed error at start-up, a crash) stops the others, and
   the parent exits with that worker's status: restarting belongs to whatever runs cellserve
@@ -21,26 +21,23 @@ The parent only supervises:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
 from typing import Any
 
-import anyio
-
+from cellserve.drain import Drain, DrainMiddleware, stop_after_drain
 from cellserve.settings import Settings
 
 logger = logging.getLogger("cellserve.workers")
 
-_POLL_SECONDS = 0.1
 _KERNEL_STOP_SECONDS = 30
 
 
@@ -88,6 +85,7 @@ def serve_workers(
                     "config": config,
                     "sockets": sockets,
                     "stop": stop,
+                    "delay": settings.drain_delay,
                 },
             )
             worker.start()
@@ -120,7 +118,7 @@ def serve_workers(
 
 def _wait_or_kill(running: list[BaseProcess], settings: Settings) -> int:
     """Wait for stopping workers; kill those still running past every grace period."""
-    deadline = settings.shutdown_grace * 2 + _KERNEL_STOP_SECONDS
+    deadline = settings.drain_delay + settings.shutdown_grace * 2 + _KERNEL_STOP_SECONDS
     status = 0
     for worker in running:
         worker.join(deadline)
@@ -139,6 +137,7 @@ def _worker(
     config: Any,
     sockets: Any,
     stop: Event,
+    delay: float,
 ) -> None:
     """One worker process: build the app, serve it on the shared sockets until told to stop."""
     from hypercorn.asyncio.run import worker_serve
@@ -148,19 +147,20 @@ def _worker(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare()
-    app = wrap_app(build(), config.wsgi_max_body_size, None)
+    drain = Drain(shared=stop.is_set)
+    app: Any = DrainMiddleware(build(), drain)  # hypercorn's ASGI type is not Starlette's
     parent = os.getppid()
 
-    async def until_stopped() -> None:
-        # The stop event is shared memory with no file descriptor to await, so it is polled,
-        # together with this worker's own SIGTERM and the parent's disappearance.
-        terminated = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
-        while not (stop.is_set() or terminated.is_set() or os.getppid() != parent):  # noqa: ASYNC110
-            await anyio.sleep(_POLL_SECONDS)
+    def stop_requested() -> bool:
+        return stop.is_set() or os.getppid() != parent
+
+    def until_stopped() -> Awaitable[None]:
+        signals = (signal.SIGTERM,)
+        return stop_after_drain(drain, delay, signals, stop_requested=stop_requested)
 
     try:
-        _run(worker_serve(app, config, sockets=sockets, shutdown_trigger=until_stopped))
+        wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+        _run(worker_serve(wrapped, config, sockets=sockets, shutdown_trigger=until_stopped))
     except LifespanFailureError as exc:
         reason = _last_line(str(exc))
         print(f"cellserve: worker {os.getpid()}: start-up failed: {reason}", file=sys.stderr)
