@@ -146,7 +146,7 @@ def test_a_bad_declaration_names_the_cell_and_line(block: str, line: int, fragme
     assert fragment in message
 
 
-@pytest.mark.parametrize("block", ["price: 1.5", "- a list", "just text"])
+@pytest.mark.parametrize("block", ["price: 1.5", "- a list", "just text", "a: {{ jinja }}"])
 def test_yaml_without_declaration_keys_stays_documentation(block: str) -> None:
     # A notebook written for Kernel Gateway may show an example answer as YAML.
     api = parse(f"Price.\n\nAnswers:\n\n```yaml\n{block}\n```")
@@ -157,9 +157,17 @@ def test_yaml_without_declaration_keys_stays_documentation(block: str) -> None:
     assert warning.startswith("api.ipynb, markdown cell above cell 2, line 5: the yaml block")
 
 
-def test_an_unclosed_block_is_an_error() -> None:
-    with pytest.raises(NotebookError, match=r"cell 2, line 2: the yaml block is never closed"):
-        parse("Price.\n```yaml\nquery: {}\n")
+def test_an_unclosed_block_runs_to_the_end_of_the_cell_as_in_commonmark() -> None:
+    endpoint = parse("Price.\n```yaml\nquery:\n  q: integer\n").endpoints[0]
+    assert endpoint.summary == "Price."
+    assert endpoint.contract is not None
+    assert [p.name for p in endpoint.contract.parameters] == ["zip", "q"]
+
+
+def test_only_requests_that_can_break_the_declaration_are_checked() -> None:
+    assert not contract_of("```yaml\nresponses: {200: fine}\n```").validates_requests
+    assert contract_of("```yaml\npath: {zip: integer}\n```").validates_requests
+    assert contract_of("```yaml\nquery: {q: string}\n```").validates_requests
 
 
 def test_every_bad_cell_is_reported_at_once() -> None:

@@ -53,6 +53,7 @@ from jsonschema.exceptions import SchemaError
 
 _FENCE_OPEN = re.compile(r"\s{0,3}(`{3,}|~{3,})\s*(yaml|yml)\s*\Z", re.IGNORECASE)
 _SECTIONS = ("path", "query", "body", "responses")
+_SECTION_LINE = re.compile(r"^(path|query|body|responses)\s*:", re.MULTILINE)
 _PARAMETER_KEYS = ("required", "description", "example")
 _BODY_KEYS = ("schema", "example", "required", "description")
 _RESPONSE_KEYS = ("description", "schema", "example", "content_type")
@@ -105,11 +106,17 @@ class Contract:
 
     @property
     def validates_requests(self) -> bool:
-        return bool(self.parameters) or self.body is not None
+        """Whether a request can break it (a path parameter left a string never can)."""
+        return self.body is not None or any(
+            p.location == "query" or dict(p.schema) != {"type": "string"} for p in self.parameters
+        )
 
 
 def split_declaration(markdown: str) -> tuple[str | None, int, str]:
-    """(YAML text or None, line of its first YAML line, the markdown without the block)."""
+    """(YAML text or None, line of its first YAML line, the markdown without the block).
+
+    As in CommonMark, a block that is never closed runs to the end of the cell.
+    """
     lines = markdown.split("\n")
     for start, line in enumerate(lines):
         opened = _FENCE_OPEN.match(line)
@@ -123,7 +130,7 @@ def split_declaration(markdown: str) -> tuple[str | None, int, str]:
             ):
                 rest = "\n".join(lines[:start] + lines[end + 1 :])
                 return "\n".join(lines[start + 1 : end]), start + 2, rest
-        raise DeclarationError(start + 1, f"the {opened.group(2)} block is never closed")
+        return "\n".join(lines[start + 1 :]), start + 2, "\n".join(lines[:start])
     return None, 0, markdown
 
 
@@ -133,7 +140,12 @@ def parse_declaration(text: str, first_line: int, path_params: Sequence[str]) ->
     None when the block uses none of the keys `path`, `query`, `body`, `responses`: it is
     then documentation (say, an example answer), as it was before cellserve read it.
     """
-    reader = _Reader(text, first_line)
+    try:
+        reader = _Reader(text, first_line)
+    except DeclarationError:
+        if not _SECTION_LINE.search(text):
+            return None  # not YAML we could read, and not meant for us either
+        raise
     document = reader.data
     if document is None:
         return Contract()
