@@ -40,20 +40,30 @@ def test_check_fails_on_a_duplicate_route_naming_both_cells(tmp_path: Path) -> N
             "# GET /users/:id\nprint(1)",
             "# GET /users/:name\nprint(2)",
             "# POST /users/:user\nprint(3)",
-            "# GET /users/:id\nprint(4)",  # joined with cell 2: Kernel Gateway's rule
+            "# GET /users/:id\nprint(4)",  # a copy: joined with cell 2, as Kernel Gateway does
         ],
     )
     code, out, _ = cellserve("check", path)
     assert code == 1
     assert out.splitlines() == [
+        "error: dup.ipynb cells 2, 5 repeat `GET /users/:id`; the server joins them into one "
+        "route (Kernel Gateway's rule), which is rarely meant for cells apart: rename one, or "
+        "put the parts of one route in consecutive cells",
         "error: dup.ipynb cell 3: `GET /users/:name` repeats `GET /users/:id` (cells 2, 5) under "
         "other parameter names and is never reached; remove one or merge them",
         "error: dup.ipynb cell 4: `POST /users/:user` is never reached: `/users/:id` (cells 2, 5) "
         "matches the same requests first and answers POST with 405; spell the path `/users/:id`",
-        "warning: dup.ipynb cells 2, 5 all annotate `GET /users/:id` and are joined into one "
-        "route (Kernel Gateway's rule); rename one if you meant two routes",
-        "dup.ipynb: 3 routes, 2 errors, 1 warning",
+        "dup.ipynb: 3 routes, 3 errors, 0 warnings",
     ]
+
+
+def test_check_accepts_a_route_split_over_consecutive_cells(tmp_path: Path) -> None:
+    # Kernel Gateway joins cells with the same annotation; consecutive ones are one route.
+    path = write_notebook(
+        tmp_path / "split.ipynb",
+        ["# GET /multi\nx = 1", ("markdown", "Then print it."), "# GET /multi\nprint(x)"],
+    )
+    assert cellserve("check", path) == (0, "split.ipynb: 1 route, 0 errors, 0 warnings\n", "")
 
 
 def test_check_fails_on_endpoint_syntax_errors_naming_cell_line_and_route(tmp_path: Path) -> None:

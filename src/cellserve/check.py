@@ -1,11 +1,14 @@
 """Everything wrong with a notebook as an API, found without serving it (``cellserve check``).
 
 Errors: what stops the notebook from loading (bad annotations, paths, directives,
-declarations), routes under cellserve's reserved prefixes, routes that can never be reached
-because an earlier path with other parameter names takes their requests, and syntax errors
-in endpoint and ResponseInfo cells. Warnings: routes joined from several cells, ResponseInfo
-cells without an endpoint, notebook routes that move the docs aside. With a kernel,
-``seed_timings`` also runs the seed cells and times each.
+declarations), routes under cellserve's reserved prefixes, duplicate routes, and syntax
+errors in endpoint and ResponseInfo cells. A route is a duplicate when an earlier path with
+other parameter names takes its requests (``/users/:id`` then ``/users/:name``), or when its
+annotation is repeated in cells that are not consecutive: the server joins such cells, as
+Kernel Gateway does, but apart they are almost always a copy that was meant to be renamed
+(a route deliberately split over consecutive cells is fine). Warnings: ResponseInfo cells
+without an endpoint, YAML blocks that declare nothing, routes that move the docs aside.
+With a kernel, ``seed_timings`` also runs the seed cells and times each.
 
 Cell numbers are those of every cellserve message: code cells counted from 1, skipping
 empty ones, i.e. the ``[N]`` Jupyter shows after "Restart Kernel and Run All Cells".
@@ -16,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 
 from cellserve.exceptions import NotebookError
@@ -69,10 +73,11 @@ def check_notebook(
         return CheckResult(tuple(Finding(Severity.ERROR, p) for p in exc.problems), None)
     errors = [
         *reserved_route_problems(api),
+        *_repeated_annotations(api),
         *_unreachable_routes(api),
         *(error.describe(api.name) for error in api.syntax_errors),
     ]
-    warnings = [*_joined_routes(api), *api.warnings, *_docs_moved(api)]
+    warnings = [*api.warnings, *_docs_moved(api)]
     findings = [Finding(Severity.ERROR, m) for m in errors]
     findings += [Finding(Severity.WARNING, m) for m in warnings]
     return CheckResult(tuple(findings), api)
@@ -133,13 +138,18 @@ def _unreachable_routes(api: NotebookApi) -> list[str]:
     return problems
 
 
-def _joined_routes(api: NotebookApi) -> list[str]:
-    return [
-        f"{api.name} {_cells(e)} all annotate `{e.label}` and are joined into one route "
-        "(Kernel Gateway's rule); rename one if you meant two routes"
-        for e in api.endpoints
-        if len(e.cell_numbers) > 1
-    ]
+def _repeated_annotations(api: NotebookApi) -> list[str]:
+    """Routes annotated in cells that are not consecutive code cells."""
+    problems = []
+    for endpoint in api.endpoints:
+        numbers = endpoint.cell_numbers
+        if any(later != earlier + 1 for earlier, later in pairwise(numbers)):
+            problems.append(
+                f"{api.name} {_cells(endpoint)} repeat `{endpoint.label}`; the server joins "
+                "them into one route (Kernel Gateway's rule), which is rarely meant for cells "
+                "apart: rename one, or put the parts of one route in consecutive cells"
+            )
+    return problems
 
 
 def _docs_moved(api: NotebookApi) -> list[str]:
