@@ -6,8 +6,12 @@ which protection.
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,9 @@ import httpx
 import pytest
 
 import cellserve.request
-from cellserve import app_from_notebook
-from tests.servers import ServerThread, write_notebook
+from cellserve import app_from_notebook, app_from_notebooks
+from tests.processes import CELLSERVE, Process
+from tests.servers import ServerThread, free_port, write_notebook
 
 TOKEN = "hardening-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -291,3 +296,130 @@ def test_preflight_without_token_looks_the_same_for_every_path(fast: ServerThrea
     assert {(a.status_code, a.text, a.headers.get("allow")) for a in answers} == {
         (401, answers[0].text, None)
     }
+
+
+# -- 8. no request, token or upload in any kernel's history ---------------------------------
+
+MARKERS = {
+    "body": "body-marker-8d1f",
+    "query": "query-marker-27c4",
+    "header": "header-marker-b93e",
+    "upload": "upload-marker-5a0d",
+}
+
+
+@pytest.fixture
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home folder of its own for the kernels (and their shells' history files), and a
+    bash kernelspec."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("IPYTHONDIR", str(home / ".ipython"))
+    prefix = tmp_path / "jupyter"
+    subprocess.run(
+        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    return home
+
+
+def test_no_request_data_token_or_upload_in_any_history_file(
+    tmp_path: Path, private_home: Path
+) -> None:
+    python = write_notebook(
+        tmp_path / "py.ipynb",
+        [
+            "# POST /echo\nprint(len(REQUEST))",
+            "# POST /stream\n# cellserve: stream\nprint(len(REQUEST))",
+        ],
+    )
+    bash = write_notebook(
+        tmp_path / "sh.ipynb", ['# POST /echo\necho "${#REQUEST}"'], kernel="bash", language="bash"
+    )
+    app = app_from_notebooks({"py": python, "sh": bash}, auth_token=TOKEN)
+    with ServerThread(app) as server:
+        for path in ("/py/echo", "/py/stream", "/sh/echo"):
+            for request in (
+                {"json": {"secret": MARKERS["body"]}},
+                {"files": {"f": ("up.txt", MARKERS["upload"].encode(), "text/plain")}},
+            ):
+                response = httpx.post(
+                    server.url + path,
+                    params={"q": MARKERS["query"], "token": TOKEN},
+                    headers={"X-Secret": MARKERS["header"], "Referer": f"/docs?token={TOKEN}"},
+                    timeout=60,
+                    **request,  # type: ignore[arg-type]
+                )
+                assert response.status_code == 200, (path, response.text)
+                assert int(response.text.strip()) > 0
+    # The server has stopped: every kernel, and every shell inside one, has exited and
+    # written whatever history it keeps.
+    forbidden = [m.encode() for m in (*MARKERS.values(), TOKEN)]
+    forbidden.append(base64.b64encode(MARKERS["upload"].encode()))
+    found = {
+        str(path.relative_to(private_home)): [m.decode() for m in forbidden if m in data]
+        for path in private_home.rglob("*")
+        if path.is_file() and any(m in (data := path.read_bytes()) for m in forbidden)
+    }
+    assert found == {}
+
+
+# -- 13. notebook code cannot read the token from the server process -----------------------
+
+LOOK_AROUND = """# GET /look
+import json, os
+def read(path):
+    try:
+        with open(path, 'rb') as file:
+            return file.read().decode('latin-1')
+    except OSError as exc:
+        return 'unreadable: ' + type(exc).__name__
+server = f'/proc/{os.getppid()}'
+print(json.dumps({
+    'cmdline': read(server + '/cmdline'),
+    'environ': read(server + '/environ'),
+    'own environment': repr(dict(os.environ)),
+}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("given", ["--auth-token-file", "CELLSERVE_AUTH_TOKEN"])
+def test_token_is_not_in_the_servers_command_line_or_environment(
+    tmp_path: Path, given: str
+) -> None:
+    path = write_notebook(tmp_path / "look.ipynb", [LOOK_AROUND])
+    port = free_port()
+    args = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
+    env = {}
+    if given == "--auth-token-file":
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        args += ["--auth-token-file", str(tmp_path / "token")]
+    else:
+        env["CELLSERVE_AUTH_TOKEN"] = TOKEN
+    server = Process(args, tmp_path / "server.log", env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(server, url)
+        assert httpx.get(url + "/look", timeout=30).status_code == 401
+        seen = httpx.get(url + "/look", headers=AUTH, timeout=30).json()
+    finally:
+        server.close()
+    assert "cellserve" in seen["cmdline"]  # the kernel looked at the server process
+    assert {place: TOKEN in text for place, text in seen.items()} == dict.fromkeys(seen, False)
+
+
+def _wait_ready(server: Process, url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.popen.poll() is None, server.output
+        try:
+            if httpx.get(url + "/_cellserve/ready", headers=AUTH, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"server not ready after {timeout} s:\n{server.output}")

@@ -165,3 +165,39 @@ def test_empty_kg_auth_token_means_no_auth() -> None:
 
 def test_empty_static_path_means_no_static_files() -> None:
     assert Settings.load({"KG_STATIC_PATH": ""}).static_path is None
+
+
+def test_auth_token_file_is_read_once_and_stripped(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  s3cret\n")
+    settings = Settings.load({"CELLSERVE_AUTH_TOKEN_FILE": str(token_file)})
+    assert (settings.auth_token, settings.auth_token_file) == ("s3cret", None)
+    assert settings.with_changes(port=1).auth_token == "s3cret"
+
+
+def test_explicit_token_or_file_beats_the_environments(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file")
+    env = {"KG_AUTH_TOKEN": "from-env"}
+    assert Settings.load(env, auth_token_file=token_file).auth_token == "from-file"
+    file_env = {"CELLSERVE_AUTH_TOKEN_FILE": str(token_file)}
+    assert Settings.load(file_env, auth_token="explicit").auth_token == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "cannot read the auth token file"), ("\n", "is empty")]
+)
+def test_unusable_auth_token_file_is_a_settings_error(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    with pytest.raises(SettingsError, match=message):
+        Settings(auth_token_file=token_file)
+
+
+def test_token_and_token_file_together_are_a_settings_error(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("a")
+    with pytest.raises(SettingsError, match="not both"):
+        Settings(auth_token="b", auth_token_file=tmp_path / "token")

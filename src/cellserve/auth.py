@@ -11,13 +11,17 @@ which routes exist.
 
 from __future__ import annotations
 
+import ctypes
 import hmac
+import os
+import sys
 from urllib.parse import parse_qsl
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellserve.response import error_response
+from cellserve.settings import env_names
 
 _POLICY_VIOLATION = 1008
 
@@ -69,6 +73,38 @@ async def refuse(response: Response, scope: Scope, receive: Receive, send: Send)
         await response(scope, receive, send)  # Starlette sends it as websocket.http.response.*
     else:
         await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
+
+
+def forget_token_variables() -> None:
+    """Remove the auth token's environment variables from this process once they are read.
+
+    Child processes (workers, kernels) then do not inherit them; and on Linux their values
+    are blanked in the process's original environment block too, which
+    ``/proc/<pid>/environ`` shows to every process of the same user, notebook code included.
+    """
+    names = env_names("auth_token")
+    for name in names:
+        os.environ.pop(name, None)
+    if sys.platform == "linux":
+        _blank_original_environment(names)
+
+
+def _blank_original_environment(names: tuple[str, ...]) -> None:
+    with open("/proc/self/stat", "rb") as stat:
+        # Fields after the command name; env_start and env_end are fields 50 and 51.
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[47]), int(fields[48])
+    block = ctypes.string_at(start, end - start)
+    for name in names:
+        entry = name.encode() + b"="
+        at = block.find(entry)
+        while at != -1:
+            if at == 0 or block[at - 1] == 0:  # a whole entry, not the tail of another one
+                value = at + len(entry)
+                value_end = block.find(b"\0", value)
+                length = (value_end if value_end != -1 else len(block)) - value
+                ctypes.memset(start + value, ord("*"), length)
+            at = block.find(entry, at + 1)
 
 
 def _offered_tokens(scope: Scope) -> list[bytes]:

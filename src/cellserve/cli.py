@@ -46,7 +46,18 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "seconds a request may wait for a kernel before a 503 (default 30)",
     ),
     ("--max-queue", "max_queue", {"type": int}, "requests allowed to wait (default 100)"),
-    ("--auth-token", "auth_token", {}, "require this token on every route"),
+    (
+        "--auth-token",
+        "auth_token",
+        {},
+        "require this token on every route (visible in the process list: prefer a file)",
+    ),
+    (
+        "--auth-token-file",
+        "auth_token_file",
+        {"type": Path},
+        "require the token in this file on every route; keeps it out of the process list",
+    ),
     ("--allow-origin", "allow_origin", {}, "CORS: allowed origins, comma-separated, or *"),
     ("--allow-methods", "allow_methods", {}, "CORS: allowed methods"),
     ("--allow-headers", "allow_headers", {}, "CORS: allowed request headers"),
@@ -194,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         listener = _listen(settings)
     except CellserveError as exc:
         return _fail(str(exc), 2)
+    if settings.auth_token is not None:
+        _forget_token_variables()
     try:
         with listener:
             app = _build(args.notebooks, settings)  # in workers mode only to fail fast here
@@ -213,6 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         logger.debug("unexpected error", exc_info=True)
         return _fail(f"unexpected error: {exc!r} (--log-level debug shows the traceback)", 1)
+
+
+def _forget_token_variables() -> None:
+    """Once read, the token must not stay where kernels can read it: the environment."""
+    from cellserve.auth import forget_token_variables
+
+    forget_token_variables()
 
 
 def _fail(message: str, status: int) -> int:

@@ -41,6 +41,7 @@ class Settings:
     reload: bool = False
     reload_debounce: float = 0.3
     auth_token: str | None = None
+    auth_token_file: Path | None = None
     allow_origin: str = ""
     allow_methods: str = ""
     allow_headers: str = ""
@@ -65,6 +66,12 @@ class Settings:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
         if self.auth_token == "":
             object.__setattr__(self, "auth_token", None)
+        if self.auth_token_file is not None:
+            # Read once, here: the token then travels like one given directly.
+            if self.auth_token is not None:
+                raise SettingsError("give the auth token or an auth token file, not both")
+            object.__setattr__(self, "auth_token", _read_token(self.auth_token_file))
+            object.__setattr__(self, "auth_token_file", None)
         if self.kernels < 1:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
         if self.workers < 1:
@@ -114,7 +121,12 @@ class Settings:
                 if variable in environ:
                     values[f.name] = _convert(f.name, environ[variable], variable)
                     break
-        values.update({k: v for k, v in explicit.items() if v is not None})
+        explicit = {k: v for k, v in explicit.items() if v is not None}
+        # A token given explicitly, directly or as a file, beats either from the environment.
+        for given, other in (("auth_token", "auth_token_file"), ("auth_token_file", "auth_token")):
+            if given in explicit and other not in explicit:
+                values.pop(other, None)
+        values.update(explicit)
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -166,6 +178,16 @@ def _convert(name: str, raw: str, variable: str) -> Any:
         return converter(value)
     except ValueError as exc:
         raise SettingsError(f"{variable}={raw!r}: {exc}") from exc
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read the auth token file {path}: {exc}") from exc
+    if not token:
+        raise SettingsError(f"the auth token file {path} is empty")
+    return token
 
 
 def _to_bool(raw: str) -> bool:
