@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import CELLSERVE, Process, assert_gone
 from tests.servers import free_port
 
 CELLS = ["x = 1", "# GET /x\nprint(x)"]
+MIN_REQUESTS = 6
 
 
 def _health_by_worker(url: str, workers: int, timeout: float = 60) -> dict[int, dict[str, object]]:
@@ -30,6 +32,18 @@ def _health_by_worker(url: str, workers: int, timeout: float = 60) -> dict[int, 
             health = client.get(url + "/_cellserve/health", timeout=10).json()
         seen[health["pid"]] = health
     return seen
+
+
+def _requests_counted(exposition: str) -> float:
+    """cellserve_requests_total for GET /x, as one scrape reports it."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "cellserve_requests_total"
+        and sample.labels.get("method") == "GET"
+        and sample.labels.get("route", "").endswith("/x")
+    )
 
 
 @pytest.mark.parametrize("how", ["ctrl-c to the process group", "sigterm to the parent"])
@@ -49,7 +63,21 @@ def test_two_workers_serve_and_stop_leaving_no_kernel(
     assert set(by_worker) <= children  # two processes of the server, not the server itself
     kernels = [k["pid"] for h in by_worker.values() for k in h["stats"]["kernels"]]  # type: ignore[index]
     assert len(set(kernels)) == 2  # each worker has its own kernel
-    assert httpx.get(url + "/x", timeout=30).text == "1\n"
+    metrics_dir = Path(psutil.Process(next(iter(by_worker))).environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert metrics_dir.is_dir()
+
+    # Requests on new connections reach both workers; any worker's metrics count them all.
+    answered_by, sent = set(), 0
+    while len(answered_by) < 2 or sent < MIN_REQUESTS:
+        assert sent < 500, "the requests never reached both workers"
+        with httpx.Client() as client:
+            assert client.get(url + "/x", timeout=30).text == "1\n"
+            answered_by.add(client.get(url + "/_cellserve/health", timeout=10).json()["pid"])
+        sent += 1
+    for _ in range(4):
+        with httpx.Client() as client:
+            metrics = client.get(url + "/_cellserve/metrics", timeout=10).text
+        assert _requests_counted(metrics) == sent
 
     if how == "sigterm to the parent":
         server.popen.send_signal(signal.SIGTERM)
@@ -66,6 +94,7 @@ def test_two_workers_serve_and_stop_leaving_no_kernel(
     assert statuses == {503}
     assert server.wait(timeout=60) == 0
     assert_gone([*by_worker, *kernels])
+    assert not metrics_dir.exists()
     assert "Traceback" not in server.output
 
 

@@ -14,6 +14,8 @@ The parent only supervises:
   so Ctrl-C in a terminal, which reaches the whole process group, stops them through the
   parent, once. A worker also drains on its own SIGTERM, and when its parent disappears.
 * SIGHUP is passed on to every worker: each reloads its notebooks.
+* Metrics: the workers share a private ``PROMETHEUS_MULTIPROC_DIR``, so that
+  ``/_cellserve/metrics`` on any worker reports the sum over all of them.
 * A worker that exits by itself (a seed error at start-up, a crash) stops the others, and
   the parent exits with that worker's status: restarting belongs to whatever runs cellserve
   (systemd, Kubernetes), which then restarts the whole server cleanly.
@@ -24,9 +26,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -34,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from cellserve.drain import Drain, DrainMiddleware, stop_after_drain
+from cellserve.metrics import MULTIPROCESS_ENV
 from cellserve.settings import Settings
 
 logger = logging.getLogger("cellserve.workers")
@@ -53,6 +59,36 @@ def serve_workers(
     or partials of them); `prepare` runs first, e.g. to configure logging. `config` is the
     hypercorn ``Config`` every worker serves with.
     """
+    with _metrics_directory():
+        return _supervise(build, config, settings, prepare)
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A private, empty ``PROMETHEUS_MULTIPROC_DIR`` for the workers, removed afterwards.
+
+    Workers read it when they import prometheus_client, so it is set before they start;
+    then a scrape of ``/_cellserve/metrics`` on any worker sums all of them. A directory the
+    operator set is used as it is, and kept.
+    """
+    if os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="cellserve-metrics-")
+    os.environ[MULTIPROCESS_ENV] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(
+    build: Callable[[], Any],
+    config: Any,
+    settings: Settings,
+    prepare: Callable[[], None],
+) -> int:
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     sockets = config.create_sockets()
@@ -103,6 +139,7 @@ def serve_workers(
         wait([worker.sentinel for worker in running], timeout=1.0)
         for exited in [w for w in running if w.exitcode is not None]:
             running.remove(exited)
+            _forget(exited)
             status = status or (exited.exitcode or 0)
             if not stopping:
                 logger.error(
@@ -126,8 +163,17 @@ def _wait_or_kill(running: list[BaseProcess], settings: Settings) -> int:
             logger.error("worker %s did not stop in time; killing it", worker.pid)
             worker.kill()
             worker.join()
+        _forget(worker)
         status = status or (worker.exitcode or 0)
     return status
+
+
+def _forget(worker: BaseProcess) -> None:
+    """Drop a stopped worker's live gauges from the metrics the others report."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    if worker.pid is not None:
+        mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def _worker(
