@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 from openapi_spec_validator import validate
 
+from cellserve import app_from_notebook
 from tests.processes import CELLSERVE, run_quick
-from tests.servers import write_notebook
+from tests.servers import ServerThread, write_notebook
 
 GOOD = [
     "import json",
@@ -173,3 +175,15 @@ def test_openapi_prints_the_document_the_server_publishes(tmp_path: Path) -> Non
         "schema": {"type": "boolean"},
     }
     assert set(document["paths"]["/users"]["post"]["responses"]) >= {"201", "409", "401"}
+
+
+def test_openapi_is_what_the_server_publishes(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / "good.ipynb", GOOD)
+    code, out, _ = cellserve("openapi", path)
+    assert code == 0
+    with ServerThread(app_from_notebook(path)) as server:
+        served = httpx.get(server.url + "/openapi.json", timeout=60).json()
+    printed = json.loads(out)
+    assert printed.pop("servers") == [{"url": "/"}]
+    served.pop("servers")
+    assert printed == served

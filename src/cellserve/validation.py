@@ -20,7 +20,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from cellserve.declaration import Contract, Parameter
+from cellserve.declaration import Contract, Parameter, RequestBody
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
@@ -67,7 +67,7 @@ def check_request(contract: Contract, request: Mapping[str, Any], raw_body: byte
         elif parameter.required and "default" not in parameter.schema:
             problems.append(Problem("query", parameter.name, "a required parameter is missing"))
     if contract.body is not None and media_type not in _FORMS:
-        problems += _check_body(contract, request["body"], media_type, raw_body)
+        problems += _check_body(contract.body, request["body"], media_type, raw_body)
     return problems
 
 
@@ -100,10 +100,11 @@ def _check_value(parameter: Parameter, text: str) -> list[Problem]:
     return _schema_problems(parameter.schema, value, parameter.location, parameter.name)
 
 
-def _check_body(contract: Contract, body: Any, media_type: str, raw_body: bytes) -> list[Problem]:
-    assert contract.body is not None
+def _check_body(
+    declared: RequestBody, body: Any, media_type: str, raw_body: bytes
+) -> list[Problem]:
     if not raw_body:
-        if contract.body.required:
+        if declared.required:
             return [Problem("body", "", "a JSON body is required (Content-Type: application/json)")]
         return []
     if media_type != "application/json":
@@ -111,7 +112,7 @@ def _check_body(contract: Contract, body: Any, media_type: str, raw_body: bytes)
         return [Problem("body", "", f"send JSON with Content-Type: application/json (got {shown})")]
     if isinstance(body, str) and not _is_json(raw_body):
         return [Problem("body", "", "the body is not valid JSON")]
-    return _schema_problems(contract.body.schema, body, "body", None)
+    return _schema_problems(declared.schema, body, "body", None)
 
 
 def _schema_problems(
