@@ -81,6 +81,12 @@ def test_a_full_declaration() -> None:
     )
 
 
+def test_a_declared_endpoint_stays_hashable_and_comparable() -> None:
+    first, second = parse(DECLARED).endpoints[0], parse(DECLARED).endpoints[0]
+    assert first == second and hash(first) == hash(second)
+    assert parse(DECLARED.replace("minimum: 1", "minimum: 2")).endpoints[0] != first
+
+
 def test_undeclared_path_parameters_stay_strings_and_no_block_means_no_contract() -> None:
     contract = contract_of("Price.\n\n```yaml\nquery:\n  q: string\n```", path="/a/:x/:y")
     assert [(p.name, p.location, dict(p.schema)) for p in contract.parameters] == [

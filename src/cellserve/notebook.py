@@ -122,7 +122,8 @@ class Endpoint:
     summary: str | None = None
     description: str | None = None
     options: RouteOptions = RouteOptions()
-    contract: Contract | None = None
+    # Schemas are dicts: compared, but left out of the hash so an Endpoint stays hashable.
+    contract: Contract | None = field(default=None, hash=False)
     response_info_statuses: tuple[int, ...] = ()
     syntax_error: CellSyntaxError | None = None
 
