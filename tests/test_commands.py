@@ -187,3 +187,12 @@ def test_openapi_is_what_the_server_publishes(tmp_path: Path) -> None:
     assert printed.pop("servers") == [{"url": "/"}]
     served.pop("servers")
     assert printed == served
+
+
+def test_the_projects_own_notebooks_pass_check() -> None:
+    root = Path(__file__).resolve().parents[1]
+    notebooks = sorted([*root.glob("examples/*/*.ipynb"), *root.glob("benchmarks/*.ipynb")])
+    assert notebooks
+    code, out, _ = cellserve("check", "--strict", *notebooks)
+    assert code == 0, out
+    assert out.count(" 0 errors, 0 warnings") == len(notebooks)
