@@ -35,7 +35,8 @@ def add_commands(commands: Any) -> None:
         "check",
         help="list every problem of one or more notebooks (exit 1 if any)",
         description="Find every problem that would stop a notebook from serving, or make a "
-        f"route misbehave, without serving it. {_NUMBERING}",
+        f"route misbehave, without serving it. {_NUMBERING} Exit status: 0 when no notebook "
+        "has an error, 1 otherwise (or, with --strict, when any has a warning).",
     )
     check.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", type=Path)
     check.add_argument(
