@@ -96,6 +96,9 @@ def test_a_bad_request_is_a_422_while_the_only_kernel_is_busy(
 
 
 def test_a_syntax_error_is_kernel_gateways_500_naming_the_route(client: httpx.Client) -> None:
+    assert client.get("/_cellserve/health").json()["route_errors"] == [
+        "shop.ipynb cell 4, line 2: `GET /typo`: SyntaxError: '(' was never closed"
+    ]
     response = client.get("/typo")
     assert response.status_code == 500
     assert response.headers["content-type"] == "text/plain"

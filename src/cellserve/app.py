@@ -168,6 +168,8 @@ class CellserveApp:
             "jobs": self.jobs.counts(),
             "last_reload": asdict(self.service.last_reload) if self.service.last_reload else None,
             "last_reload_error": self.service.last_error,
+            # Served as loaded (Kernel Gateway would serve them too), answering 500.
+            "route_errors": [e.describe(generation.api.name) for e in generation.api.syntax_errors],
             "stats": asdict(stats),
         }
 
