@@ -115,11 +115,24 @@ def test_check_lists_every_load_error_and_reserved_paths(tmp_path: Path) -> None
 
 def test_check_strict_fails_on_warnings(tmp_path: Path) -> None:
     path = write_notebook(
-        tmp_path / "warn.ipynb", ["# GET /x\nprint(1)", "# ResponseInfo GET /y\nprint('{}')"]
+        tmp_path / "warn.ipynb",
+        [
+            "import json",
+            ("markdown", "```yaml\nresponses: {200: Fine}\n```"),
+            "# GET /x\nprint(1)",
+            "# ResponseInfo GET /x\nprint(json.dumps({'status': 200 if ok else 404}))",
+            "# ResponseInfo GET /y\nprint('{}')",
+        ],
     )
     code, out, _ = cellserve("check", path)
     assert code == 0
-    assert "warning: warn.ipynb cell 2: `ResponseInfo GET /y` has no `GET /y` endpoint" in out
+    assert out.splitlines() == [
+        "warning: warn.ipynb cell 4: `ResponseInfo GET /y` has no `GET /y` endpoint cell and is "
+        "ignored",
+        "warning: warn.ipynb cell 2: `GET /x` can answer 404 (its ResponseInfo cell), which its "
+        "declared responses leave out",
+        "warn.ipynb: 1 route, 0 errors, 2 warnings",
+    ]
     assert cellserve("check", "--strict", path)[0] == 1
 
 

@@ -7,7 +7,8 @@ other parameter names takes its requests (``/users/:id`` then ``/users/:name``),
 annotation is repeated in cells that are not consecutive: the server joins such cells, as
 Kernel Gateway does, but apart they are almost always a copy that was meant to be renamed
 (a route deliberately split over consecutive cells is fine). Warnings: ResponseInfo cells
-without an endpoint, YAML blocks that declare nothing, routes that move the docs aside.
+without an endpoint, YAML blocks that declare nothing, statuses a ResponseInfo cell can set
+that the route's declared responses leave out, routes that move the docs aside.
 With a kernel, ``seed_timings`` also runs the seed cells and times each.
 
 Cell numbers are those of every cellserve message: code cells counted from 1, skipping
@@ -77,7 +78,7 @@ def check_notebook(
         *_unreachable_routes(api),
         *(error.describe(api.name) for error in api.syntax_errors),
     ]
-    warnings = [*api.warnings, *_docs_moved(api)]
+    warnings = [*api.warnings, *_undeclared_statuses(api), *_docs_moved(api)]
     findings = [Finding(Severity.ERROR, m) for m in errors]
     findings += [Finding(Severity.WARNING, m) for m in warnings]
     return CheckResult(tuple(findings), api)
@@ -148,6 +149,23 @@ def _repeated_annotations(api: NotebookApi) -> list[str]:
                 f"{api.name} {_cells(endpoint)} repeat `{endpoint.label}`; the server joins "
                 "them into one route (Kernel Gateway's rule), which is rarely meant for cells "
                 "apart: rename one, or put the parts of one route in consecutive cells"
+            )
+    return problems
+
+
+def _undeclared_statuses(api: NotebookApi) -> list[str]:
+    """Statuses the ResponseInfo code can set that declared `responses` do not list."""
+    problems = []
+    for endpoint in api.endpoints:
+        declared = {r.status for r in endpoint.contract.responses} if endpoint.contract else set()
+        if not declared or "default" in declared:
+            continue
+        missing = [str(s) for s in endpoint.response_info_statuses if str(s) not in declared]
+        if missing:
+            problems.append(
+                f"{api.name} {_cells(endpoint)}: `{endpoint.label}` can answer "
+                f"{', '.join(missing)} (its ResponseInfo cell), which its declared responses "
+                "leave out"
             )
     return problems
 
