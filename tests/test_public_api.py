@@ -12,12 +12,15 @@ from cellserve import exceptions
 
 INTENDED = {
     "CellserveError",
+    "ExecutionTimeout",
     "KernelDied",
     "KernelError",
     "NotebookError",
+    "RequestFailed",
     "SeedError",
     "Settings",
     "SettingsError",
+    "Unavailable",
     "app_from_notebook",
     "app_from_notebooks",
     "lifespan",

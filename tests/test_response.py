@@ -10,7 +10,8 @@ import pytest
 from starlette.responses import Response
 
 from cellserve.cells import CellError, CellOutcome, CellOutput
-from cellserve.response import RICH_ORDER, build_response, error_response
+from cellserve.exceptions import ExecutionTimeout, Unavailable
+from cellserve.response import RICH_ORDER, build_response, error_response, failure_response
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 PNG_B64 = base64.b64encode(PNG).decode("ascii") + "\n"  # Jupyter's bundles end with a newline
@@ -20,7 +21,7 @@ ZERO = CellError("ZeroDivisionError", "division by zero", "Traceback ...")
 def respond(
     cell: CellOutput, info: CellOutput | None = None, accept: str | None = None
 ) -> Response:
-    return build_response(CellOutcome(cell, info), accept, label="GET /x")
+    return build_response(CellOutcome(cell, info), accept, notebook="api.ipynb", label="GET /x")
 
 
 def info(value: Any) -> CellOutput:
@@ -222,7 +223,7 @@ def test_unusable_response_info_is_a_500_json_reason(stdout: str, fragment: str)
     assert response.status_code == 500
     body = json_body(response)
     assert body["reason"] == "Internal Server Error"
-    assert body["message"].startswith("ResponseInfo GET /x: ")
+    assert body["message"].startswith("api.ipynb ResponseInfo GET /x: ")
     assert fragment in body["message"]
 
 
@@ -271,7 +272,7 @@ def test_header_value_outside_rfc_9110_is_a_500_json_naming_the_route(value: str
     response = respond(CellOutput(stdout="body"), info({"headers": {"X-A": value}}))
     assert response.status_code == 500
     message = json_body(response)["message"]
-    assert message.startswith("ResponseInfo GET /x: header 'X-A'")
+    assert message.startswith("api.ipynb ResponseInfo GET /x: header 'X-A'")
     assert "RFC 9110" in message
 
 
@@ -304,3 +305,17 @@ def test_lone_surrogates_are_sent_as_replacement_characters(cell: CellOutput) ->
 
 def test_surrogate_pairs_are_joined() -> None:
     assert respond(CellOutput(stdout="\ud83d\ude00")).body == "😀".encode()
+
+
+def test_pool_failures_become_json_errors_with_their_status() -> None:
+    busy = failure_response(Unavailable("api.ipynb GET /x: all kernels are busy", 7))
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "7"
+    assert json_body(busy) == {
+        "reason": "Service Unavailable",
+        "message": "api.ipynb GET /x: all kernels are busy",
+    }
+    slow = failure_response(ExecutionTimeout("api.ipynb GET /x: the cell ran longer than 1 s"))
+    assert slow.status_code == 504
+    assert "retry-after" not in slow.headers
+    assert json_body(slow)["reason"] == "Gateway Timeout"

@@ -7,11 +7,14 @@ app = app_from_notebook("house_prices.ipynb", kernels=2)
 from cellserve.app import app_from_notebook, lifespan
 from cellserve.exceptions import (
     CellserveError,
+    ExecutionTimeout,
     KernelDied,
     KernelError,
     NotebookError,
+    RequestFailed,
     SeedError,
     SettingsError,
+    Unavailable,
 )
 from cellserve.multi import app_from_notebooks
 from cellserve.settings import Settings
@@ -20,12 +23,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CellserveError",
+    "ExecutionTimeout",
     "KernelDied",
     "KernelError",
     "NotebookError",
+    "RequestFailed",
     "SeedError",
     "Settings",
     "SettingsError",
+    "Unavailable",
     "app_from_notebook",
     "app_from_notebooks",
     "lifespan",

@@ -40,10 +40,11 @@ from cellserve.exceptions import CellserveError
 from cellserve.jobs import Job, JobTable, JobWork, job_routes
 from cellserve.metrics import PoolSource, metrics_endpoint
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
-from cellserve.pool import KernelPool, KernelState
+from cellserve.pool import KernelPool
 from cellserve.reload import reload_on_sighup
 from cellserve.response import error_response
 from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX, RouteMatch
+from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
 
@@ -134,7 +135,8 @@ class CellserveApp:
         try:
             await self.ensure_started()
         except Exception as exc:
-            response = error_response(503, f"{self.service.label} could not be started: {exc}")
+            where = f"{self.service.label} {scope['method']} {scope['path']}"
+            response = error_response(503, f"{where}: could not be started: {exc}")
             await response(scope, receive, send)
             return
         with self.service.serving() as generation:
@@ -159,7 +161,7 @@ class CellserveApp:
         stats = generation.pool.stats()
         counts = {state.value: stats.count(state) for state in KernelState}
         return {
-            "status": "ok" if counts["idle"] + counts["busy"] else "unavailable",
+            "status": "ok" if stats.can_serve else "unavailable",
             "pid": os.getpid(),  # which server process answered (see --workers)
             "notebook": generation.api.name,
             "generation": generation.number,

@@ -22,6 +22,17 @@ class CellCall:
     request_json: str
     response_info: str | None = None
     stream: bool = False
+    route: str = ""
+    """The route's label (``GET /users/:id``), for messages."""
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A call handed to a kernel: `msg_id` is set when it already went out (fast path)."""
+
+    call: CellCall
+    key: str
+    msg_id: str | None
 
 
 @dataclass(frozen=True)
@@ -53,3 +64,5 @@ class CellOutcome:
 
     cell: CellOutput
     response_info: CellOutput | None = None
+    kernel_exiting: bool = False
+    """The cell asked the kernel to exit (``exit()``): it must not take another request."""

@@ -21,11 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
+from cellserve.exceptions import RequestFailed
 from cellserve.jobs import Job, SubmitJob, accepted_response
 from cellserve.logs import log_cell_error, note_queued, note_route
-from cellserve.pool import ExecutionTimeout, Unavailable
 from cellserve.request import INLINE_BODY_LIMIT, BadRequest, RequestParts, build_request
-from cellserve.response import build_response, error_response
+from cellserve.response import build_response, error_response, failure_response
 from cellserve.routing import MethodNotAllowed, RouteMatch, split_raw_path
 from cellserve.service import Generation
 from cellserve.settings import Settings
@@ -119,12 +119,23 @@ async def _run_endpoint(
         if isinstance(checked, list):
             return _problems_response(endpoint.label, checked)
         request_json = checked
-    call = CellCall(endpoint.source, request_json, endpoint.response_info, endpoint.options.stream)
+    call = CellCall(
+        endpoint.source,
+        request_json,
+        None if endpoint.options.stream else endpoint.response_info,
+        endpoint.options.stream,
+        endpoint.label,
+    )
     timeout = endpoint.options.timeout or settings.timeout
     accept = _header(scope, b"accept")
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
     if endpoint.options.stream:
-        await stream_cell(generation.pool, call, timeout, accept, scope, receive, send)
-        return None
+        pool = generation.pool
+        return await stream_cell(pool, call, timeout, accept, receive, send, disconnected)
     if endpoint.options.job:
         # The execute path reports stdout as it arrives: the job's progress.
         job_call = replace(call, stream=True)
@@ -134,8 +145,8 @@ async def _run_endpoint(
 
         try:
             job = await submit_job(endpoint.label, work)
-        except Unavailable as exc:
-            return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        except RequestFailed as exc:
+            return failure_response(exc)
         return accepted_response(job, scope.get("root_path", ""))
     note_queued()
     return await _answer(
@@ -144,7 +155,7 @@ async def _run_endpoint(
         timeout,
         accept,
         endpoint.label,
-        disconnected=lambda: _disconnected(receive),
+        disconnected=disconnected,
     )
 
 
@@ -161,19 +172,14 @@ async def _answer(
     """Run `call` on the pool and turn its outcome, or the pool's refusal, into a response;
     a job's `call` feeds the job's progress as the cell prints."""
     try:
-        outcome = await generation.pool.execute(
-            call,
-            timeout=timeout,
-            on_stdout=job.add_progress if job is not None else None,
-            disconnected=disconnected,
-        )
-    except Unavailable as exc:
-        return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
-    except ExecutionTimeout as exc:
-        return error_response(504, str(exc))
+        async with generation.pool.lease(call, disconnected=disconnected) as lease:
+            on_stdout = job.add_progress if job is not None else None
+            outcome = await lease.run(timeout=timeout, on_stdout=on_stdout)
+    except RequestFailed as exc:
+        return failure_response(exc)
     if outcome.cell.error is not None:
         log_cell_error(generation.pool.label, label, outcome.cell.error)
-    return build_response(outcome, accept, label=label)
+    return build_response(outcome, accept, notebook=generation.api.name, label=label)
 
 
 def _syntax_error_response(error: CellSyntaxError) -> Response:
@@ -233,8 +239,3 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -5,6 +5,9 @@ CellserveError
 ├── SeedError            a seed cell raised while a kernel was being prepared
 ├── KernelError          a kernel could not be started or stopped answering
 │   └── KernelDied       the kernel process exited mid-request
+├── RequestFailed        the pool could not run a request (every failure leaving the pool)
+│   ├── Unavailable      no kernel can take it now: 503 with Retry-After
+│   └── ExecutionTimeout the cell ran past its timeout and was interrupted: 504
 └── SettingsError        an option or environment variable has a bad value
 """
 
@@ -46,6 +49,28 @@ class KernelError(CellserveError):
 
 class KernelDied(KernelError):
     """The kernel process exited while it was running a request."""
+
+
+class RequestFailed(CellserveError):
+    """A request could not be run; the message names the notebook and the route."""
+
+    status = 500
+
+
+class Unavailable(RequestFailed):
+    """No kernel can take the request now; answered with 503 and Retry-After."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ExecutionTimeout(RequestFailed):
+    """The cell ran past its timeout and was interrupted; answered with 504."""
+
+    status = 504
 
 
 class SettingsError(CellserveError):

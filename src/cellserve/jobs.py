@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from cellserve.pool import Unavailable
+from cellserve.exceptions import Unavailable
 from cellserve.response import error_response
 from cellserve.routing import ADMIN_PREFIX
 

@@ -147,6 +147,9 @@ def install(shell: Any, target_name: str, limit: int) -> None:
         answer: dict[str, Any] = {"status": "ok", "cell": _run(shell, cell, limit), "info": None}
         if info is not None and answer["cell"]["error"] is None:
             answer["info"] = _run(shell, info, limit)
+        # exit() asks the kernel to stop right after this message: say so, so that the
+        # server never gives it another request.
+        answer["exiting"] = bool(getattr(shell, "exit_now", False))
         return answer
 
     def on_open(comm: Any, _open_msg: Any) -> None:

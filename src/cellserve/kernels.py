@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -41,7 +41,7 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, StdoutSink
+from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, PendingCall, StdoutSink
 from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
 from cellserve.notebook import SeedCell
@@ -77,15 +77,6 @@ class KernelConfig:
     @property
     def is_python(self) -> bool:
         return self.language.lower() == "python"
-
-
-@dataclass(frozen=True)
-class PendingCall:
-    """A call handed to a kernel: `msg_id` is set when it went out on the fast path."""
-
-    call: CellCall
-    key: str
-    msg_id: str | None
 
 
 def kernel_environment() -> dict[str, str]:
@@ -127,6 +118,7 @@ class Kernel:
         self._comm_id: str | None = None
         self._known_keys: set[str] = set()
         self._unsupported_keys: set[str] = set()
+        self._exiting = False
 
     @property
     def pid(self) -> int | None:
@@ -165,8 +157,13 @@ class Kernel:
     async def is_alive(self) -> bool:
         return bool(await self._manager.is_alive())
 
-    async def seed(self, seeds: Sequence[SeedCell]) -> None:
-        """Run the seed cells in order; a failure is a SeedError naming the cell."""
+    async def seed(
+        self, seeds: Sequence[SeedCell], on_cell: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Run the seed cells in order; a failure is a SeedError naming the cell.
+
+        `on_cell(i, n)` is told before seed cell `i` (1-based) of `n` runs.
+        """
         history_off = HISTORY_OFF.get(self.config.language.lower())
         if history_off is not None:
             output = await self._execute(history_off, deadline=time.monotonic() + 30)
@@ -179,6 +176,8 @@ class Kernel:
         )
         runner.kc = self._client
         for index, (seed, cell) in enumerate(zip(seeds, notebook.cells, strict=True)):
+            if on_cell is not None:
+                on_cell(index + 1, len(seeds))
             try:
                 await runner.async_execute_cell(cell, index, store_history=False)
             except CellExecutionError as exc:
@@ -262,7 +261,7 @@ class Kernel:
         info = None
         if call.response_info is not None and cell.error is None:
             info = await self._execute(call.response_info, deadline)
-        return CellOutcome(cell, info)
+        return CellOutcome(cell, info, kernel_exiting=self._exiting)
 
     def _send_dispatch(self, call: CellCall, key: str, *, with_code: bool) -> str:
         """One comm message to the dispatcher; route code rides along when it may be unknown."""
@@ -293,6 +292,7 @@ class Kernel:
                 return CellOutcome(
                     _output_from_answer(answer["cell"]),
                     _output_from_answer(info) if info is not None else None,
+                    kernel_exiting=bool(answer.get("exiting")),
                 )
             if answer["status"] == "unsupported":
                 return None
@@ -338,6 +338,9 @@ class Kernel:
         while True:
             reply = await self._next(self._client.shell_channel, deadline)
             if reply["parent_header"].get("msg_id") == msg_id:
+                payloads = reply["content"].get("payload") or []
+                if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in payloads):
+                    self._exiting = True  # the cell called exit(): the kernel stops soon
                 return
 
     async def _next_iopub(self, deadline: float, *, skip_status: bool = False) -> dict[str, Any]:
@@ -406,9 +409,16 @@ class Kernel:
                     await self._manager.shutdown_kernel(now=True)
             except Exception:
                 logger.debug("shutting down kernel %s failed", self.id, exc_info=True)
-            with anyio.move_on_after(10):
-                if await self._manager.is_alive():
-                    await self._manager.kill_kernel()
+            provisioner = self._manager.provisioner
+            if provisioner is None:
+                return
+            try:
+                with anyio.move_on_after(10):
+                    if await provisioner.poll() is None:
+                        logger.warning("kernel %s outlived its shutdown; killing it", self.id)
+                        await provisioner.kill()
+            except Exception:
+                logger.warning("killing kernel %s failed", self.id, exc_info=True)
 
 
 @functools.cache

@@ -30,7 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cellserve.pool import KernelPool, KernelState, PoolStats
+from cellserve.pool import KernelPool, PoolStats
+from cellserve.scheduler import KernelState
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

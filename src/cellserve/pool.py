@@ -1,44 +1,99 @@
-"""A pool of seeded kernels that runs requests: queueing, timeouts, crash recovery.
+"""A pool of seeded kernels that runs requests: the async shell around ``PoolBook``.
 
-Each kernel lives in a *slot*, a task of the pool's task group that starts and seeds it,
-watches it, and replaces it when it dies or hangs. Requests borrow a kernel through the
-``Scheduler`` (pure bookkeeping); everything that waits here has a deadline.
+Every decision — which kernel takes which request, when a kernel must be interrupted or
+replaced, when the closing pool is quiet — is made by the synchronous ``PoolBook``
+(scheduler.py). This module reports events to it and carries out the effects it returns.
+Carrying out is synchronous too (send a call, wake a task), so a request cancelled at any
+point leaves the books consistent; the slow work on a kernel (interrupt, shut down, start,
+seed, liveness checks) is done by the kernel's *slot task*, owned by the pool's task group.
 
-Kernels are identical only right after seeding: state changed by a request stays on the
-kernel that ran it, as in Kernel Gateway.
+A request holds a kernel through a lease::
+
+    async with pool.lease(call, disconnected=client_gone) as lease:   # 503 decided here
+        outcome = await lease.run(timeout=30)                          # 504 / 503 here
+
+Every failure leaving the pool is an ``Unavailable`` or ``ExecutionTimeout`` whose message
+names the notebook and the route. Kernels are identical only right after seeding: state
+changed by a request stays on the kernel that ran it, as in Kernel Gateway.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from cellserve.cells import CellCall, CellOutcome, StdoutSink
-from cellserve.exceptions import CellserveError, KernelDied, KernelError, SeedError
-from cellserve.kernels import Kernel, KernelConfig, PendingCall
+from cellserve.cells import CellCall, CellOutcome, PendingCall, StdoutSink
+from cellserve.exceptions import (
+    CellserveError,
+    ExecutionTimeout,
+    KernelDied,
+    KernelError,
+    SeedError,
+    Unavailable,
+)
 from cellserve.logs import note_kernel
 from cellserve.notebook import SeedCell
-from cellserve.scheduler import QueueFull, Scheduler
+from cellserve.scheduler import (
+    Assign,
+    Effect,
+    Ending,
+    Interrupt,
+    KernelState,
+    PoolBook,
+    Quiet,
+    Refusal,
+    Refuse,
+    Retire,
+    RetryStart,
+)
 
 logger = logging.getLogger("cellserve.pool")
 
-_ALL_FAILED = "no kernel is available: every kernel failed to start"
+
+class KernelHandle(Protocol):
+    """What the pool needs of a kernel: ``kernels.Kernel``, or a fake in unit tests."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def seed(
+        self, seeds: Sequence[SeedCell], on_cell: Callable[[int, int], None] | None = None
+    ) -> None: ...
+
+    def begin(self, call: CellCall) -> PendingCall:
+        """Send `call` now if the kernel can take it without waiting (never blocks)."""
+        ...
+
+    async def finish(
+        self, pending: PendingCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
+    ) -> CellOutcome:
+        """The call's outcome; TimeoutError past `timeout`, KernelError if the kernel fails."""
+        ...
+
+    async def interrupt(self, grace: float) -> bool:
+        """Interrupt the running cell; True once the kernel answers again within `grace`."""
+        ...
+
+    async def is_alive(self) -> bool: ...
+
+    async def shutdown(self) -> None:
+        """Stop the kernel for good; safe to call twice and under cancellation."""
+        ...
 
 
-class KernelState(StrEnum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    RESTARTING = "restarting"
-    FAILED = "failed"
-    STOPPED = "stopped"
+KernelFactory = Callable[[], Awaitable[KernelHandle]]
+"""Starts one kernel (not yet seeded); raises KernelError, and leaves nothing behind when it
+fails or is cancelled."""
 
 
 @dataclass(frozen=True)
@@ -52,18 +107,10 @@ class PoolLimits:
     interrupt_grace: float = 3.0
     max_seed_failures: int = 3
     shutdown_grace: float = 10.0
-
-
-class Unavailable(CellserveError):
-    """No kernel can take the request now; answered with 503 and Retry-After."""
-
-    def __init__(self, reason: str, retry_after: int = 1) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class ExecutionTimeout(CellserveError):
-    """The cell ran past its timeout and was interrupted; answered with 504."""
+    liveness_interval: float = 0.5
+    """How often a slot checks that its kernel process lives."""
+    restart_backoff: float = 0.5
+    """After failing to start a kernel a slot waits 2, 4... times this (at most 20) to retry."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +119,11 @@ class KernelStats:
     kernel_id: str | None
     pid: int | None
     state: str
+    state_seconds: float
+    """How long the slot has been in `state` (e.g. seeding for 12.5 s)."""
+    seed_cell: int | None
+    """While seeding: the seed cell running now (1-based) of `seed_cells`."""
+    seed_cells: int | None
     requests_served: int
     restarts: int
     last_error: str | None
@@ -89,33 +141,33 @@ class PoolStats:
     requests_served: int
     timeouts: int
     crashes: int
-    rejected: int
     interrupts: int
+    rejected: int
+    """Refused at once (queue full, closing, no kernel) or timed out in the queue."""
+    disconnected: int
+    """Clients that left while queued."""
+    endings: dict[str, int]
+    """How every finished request left the pool, by ``scheduler.Ending``."""
 
     def count(self, state: KernelState) -> int:
         return sum(1 for k in self.kernels if k.state == state.value)
 
-
-@dataclass
-class _Slot:
-    index: int
-    state: KernelState = KernelState.STARTING
-    kernel: Kernel | None = None
-    served: int = 0
-    restarts: int = 0
-    failures: int = 0
-    last_error: str | None = None
-    seed_seconds: float | None = None
-    replace: anyio.Event = field(default_factory=anyio.Event)
+    @property
+    def can_serve(self) -> bool:
+        """Some kernel serves requests now or will after an interrupt."""
+        serving = (KernelState.IDLE, KernelState.BUSY, KernelState.INTERRUPTING)
+        return any(self.count(state) for state in serving)
 
 
 @dataclass(eq=False)
-class _Waiter:
+class _Request:
+    """A request's side of the books: woken once, with a kernel or a refusal."""
+
     call: CellCall
-    assigned: anyio.Event = field(default_factory=anyio.Event)
-    kernel_id: str | None = None
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    kernel: KernelHandle | None = None
     pending: PendingCall | None = None
-    refused: bool = False
+    refusal: Refusal | None = None
 
 
 class KernelPool:
@@ -123,32 +175,60 @@ class KernelPool:
 
     def __init__(
         self,
-        config: KernelConfig,
         seeds: Sequence[SeedCell],
         limits: PoolLimits,
+        start_kernel: KernelFactory,
         *,
         generation: int = 1,
         label: str = "notebook",
     ) -> None:
-        self.config = config
         self.seeds = tuple(seeds)
         self.limits = limits
         self.generation = generation
         self.label = label
-        self._slots = [_Slot(i) for i in range(max(1, limits.size))]
-        self._scheduler: Scheduler[str, _Waiter] = Scheduler(limits.max_queue)
-        self._kernels: dict[str, _Slot] = {}
+        self._start_kernel = start_kernel
+        size = max(1, limits.size)
+        self._book: PoolBook[KernelHandle, _Request] = PoolBook(
+            size,
+            max_queue=limits.max_queue,
+            max_start_failures=limits.max_seed_failures,
+            backoff=limits.restart_backoff,
+        )
+        self._wake = [anyio.Event() for _ in range(size)]
+        self._owned: list[KernelHandle | None] = [None] * size
+        self._seed_seconds: list[float | None] = [None] * size
         self._settled = anyio.Event()
         self._startup_error: CellserveError | None = None
         self._closing = anyio.Event()
         self._quiet = anyio.Event()
         self._finished = anyio.Event()
-        self._timeouts = 0
-        self._crashes = 0
-        self._rejected = 0
-        self._interrupts = 0
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- carrying out effects ---------------------------------------------------------------
+
+    def _apply(self, effects: list[Effect[KernelHandle, _Request]]) -> None:
+        """Carry out `effects` at once; never awaits, so it cannot be cancelled half-way."""
+        for effect in effects:
+            if isinstance(effect, Assign):
+                request = effect.waiter
+                request.kernel = effect.kernel
+                try:
+                    # Send the call now: the kernel should not sit idle until the waiting
+                    # task gets its turn on the event loop. A failed send is retried by
+                    # ``finish``, which then reports the kernel's failure.
+                    request.pending = effect.kernel.begin(request.call)
+                except KernelError:
+                    request.pending = None
+                request.woken.set()
+            elif isinstance(effect, Refuse):
+                effect.waiter.refusal = effect.refusal
+                effect.waiter.woken.set()
+            elif isinstance(effect, Interrupt | Retire):
+                self._wake[effect.slot].set()
+            elif isinstance(effect, Quiet):
+                self._quiet.set()
+            # RetryStart is read by the slot that reported the failure.
+
+    # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start every slot; report started once one kernel is seeded; serve until closed.
@@ -159,24 +239,24 @@ class KernelPool:
         started = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
-                for slot in self._slots:
-                    tg.start_soon(self._run_slot, slot)
+                for index in range(len(self._wake)):
+                    tg.start_soon(self._supervise_slot, index)
                 await self._settled.wait()
-                if self._startup_error is None:
-                    ready = self.stats().count(KernelState.IDLE)
+                if self._startup_error is None and not self._book.closing:
                     logger.info(
                         "%s generation %d: %d of %d kernel(s) ready in %.1f s",
                         self.label,
                         self.generation,
-                        ready,
-                        len(self._slots),
+                        self.stats().count(KernelState.IDLE),
+                        len(self._wake),
                         time.monotonic() - started,
                     )
+                if self._startup_error is None:
                     task_status.started()
                     await self._closing.wait()
                     with anyio.move_on_after(self.limits.shutdown_grace):
-                        await self._wait_quiet()
-                    self._refuse_waiters()
+                        await self._quiet.wait()
+                    self._apply(self._book.drain())
                 tg.cancel_scope.cancel()
         finally:
             self._finished.set()
@@ -184,118 +264,175 @@ class KernelPool:
             raise self._startup_error
 
     async def close(self) -> None:
-        """Stop taking requests, let running ones finish (up to the grace), stop every kernel."""
+        """Stop taking requests, let queued and running ones finish (up to the grace), stop
+        every kernel."""
+        self._apply(self._book.close())
         self._closing.set()
+        self._settled.set()  # closed before any kernel was ready: stop waiting for one
         await self._finished.wait()
 
-    async def _wait_quiet(self) -> None:
-        # Woken by hand-overs; also re-checked often, since requests also leave by timing
-        # out, disconnecting or losing their kernel.
-        while not self._scheduler.is_quiet:
-            self._quiet = anyio.Event()
-            with anyio.move_on_after(0.1):
-                await self._quiet.wait()
-
-    async def _run_slot(self, slot: _Slot) -> None:
-        first = True
-        try:
-            while True:
-                kernel = await self._start_kernel(slot, first)
-                if kernel is None:
-                    return
-                first = False
-                await self._serve_with(slot, kernel)
-                if self._closing.is_set():
-                    return
-                slot.restarts += 1
-                slot.state = KernelState.RESTARTING
-        finally:
-            with anyio.CancelScope(shield=True):
-                if slot.kernel is not None:
-                    await self._retire(slot)
-                if slot.state != KernelState.FAILED:
-                    slot.state = KernelState.STOPPED
-
-    async def _start_kernel(self, slot: _Slot, first: bool) -> Kernel | None:
-        """A started and seeded kernel, or None once the slot has given up."""
-        while True:
-            started = time.monotonic()
-            try:
-                kernel = await Kernel.start(self.config)
-            except KernelError as exc:
-                error: CellserveError = exc
-            else:
-                try:
-                    await kernel.seed(self.seeds)
-                except (SeedError, KernelError) as exc:
-                    await kernel.shutdown()
-                    error = exc
-                except BaseException:
-                    await kernel.shutdown()  # cancelled while seeding: the pool is closing
-                    raise
-                else:
-                    slot.failures = 0
-                    slot.seed_seconds = time.monotonic() - started
-                    return kernel
-            slot.failures += 1
-            slot.last_error = str(error)
-            if first and isinstance(error, SeedError):
-                logger.error("%s: %s\n%s", self.label, error, error.traceback)
-                self._fail_startup(error)
-                slot.state = KernelState.FAILED
-                return None
-            if slot.failures >= self.limits.max_seed_failures:
-                slot.state = KernelState.FAILED
-                logger.error(
-                    "%s kernel slot %d failed %d times in a row and is given up: %s",
-                    self.label,
-                    slot.index,
-                    slot.failures,
-                    error,
-                )
-                if all(s.state == KernelState.FAILED for s in self._slots):
-                    self._fail_startup(error)
-                    self._refuse_waiters()
-                return None
-            logger.warning("%s kernel slot %d: %s; retrying", self.label, slot.index, error)
-            await anyio.sleep(min(0.5 * 2**slot.failures, 10))
-
-    def _refuse_waiters(self) -> None:
-        """No kernel will ever come: answer everyone still queued now, not at their timeout."""
-        for waiter in self._scheduler.drain():
-            waiter.refused = True
-            waiter.assigned.set()
+    @property
+    def closing(self) -> bool:
+        """The pool takes no new request (it may still finish the ones it holds)."""
+        return self._book.closing
 
     def _fail_startup(self, error: CellserveError) -> None:
         if not self._settled.is_set():
             self._startup_error = error
             self._settled.set()
 
-    async def _serve_with(self, slot: _Slot, kernel: Kernel) -> None:
-        """Offer `kernel` to requests until it must be replaced (died, hung, or closing)."""
-        slot.kernel = kernel
-        slot.replace = anyio.Event()
-        self._kernels[kernel.id] = slot
-        slot.state = KernelState.IDLE
-        self._hand_out(kernel.id)
-        self._settled.set()
-        while not slot.replace.is_set():
-            with anyio.move_on_after(1.0):
-                await slot.replace.wait()
-            if not slot.replace.is_set() and not await kernel.is_alive():
-                self._kernel_lost(slot, kernel, f"kernel {kernel.id} (pid {kernel.pid}) exited")
-        await self._retire(slot)
+    # -- slots ------------------------------------------------------------------------------
 
-    async def _retire(self, slot: _Slot) -> None:
-        kernel = slot.kernel
-        if kernel is None:
-            return
-        slot.kernel = None
-        self._scheduler.remove(kernel.id)
-        self._kernels.pop(kernel.id, None)
-        await kernel.shutdown()
+    async def _supervise_slot(self, index: int) -> None:
+        """Run slot `index`. An unexpected error is logged with its traceback and the slot
+        starts over (its kernel was already shut down); it counts as a start failure, so a
+        slot that keeps failing gives up, and readiness says so once no slot can serve."""
+        while True:
+            try:
+                await self._run_slot(index)
+                return
+            except Exception as exc:
+                logger.exception(
+                    "%s kernel slot %d failed unexpectedly; restarting it", self.label, index
+                )
+                effects = self._book.start_failed(index, f"the slot failed: {exc!r}")
+                self._apply(effects)
+                retry = next((e for e in effects if isinstance(e, RetryStart)), None)
+                if retry is None:
+                    self._after_slot_gave_up(KernelError(f"kernel slot {index} failed: {exc!r}"))
+                    return
+                await anyio.sleep(retry.delay)
 
-    # -- requests -------------------------------------------------------------------------
+    async def _run_slot(self, index: int) -> None:
+        first = True
+        try:
+            while True:
+                kernel = await self._start(index, first)
+                if kernel is None:
+                    return
+                first = False
+                await self._tend(index, kernel)
+                await self._retire(index, kernel)
+                if self._book.closing:
+                    return
+        finally:
+            with anyio.CancelScope(shield=True):
+                kernel = self._owned[index]
+                if kernel is not None:
+                    await self._retire(index, kernel)
+                self._apply(self._book.stopped(index))
+
+    async def _start(self, index: int, first: bool) -> KernelHandle | None:
+        """A started and seeded kernel, now handed out; None once the slot has given up."""
+        while True:
+            self._book.starting(index)
+            started = time.monotonic()
+            error: CellserveError
+            try:
+                kernel = await self._start_kernel()
+            except KernelError as exc:
+                error = exc
+            else:
+                self._owned[index] = kernel
+                try:
+                    await kernel.seed(
+                        self.seeds, lambda cell, cells: self._book.seeding(index, cell, cells)
+                    )
+                except (SeedError, KernelError) as exc:
+                    error = exc
+                    await self._retire(index, kernel)
+                else:
+                    self._seed_seconds[index] = time.monotonic() - started
+                    self._apply(self._book.kernel_ready(index, kernel))
+                    self._settled.set()
+                    return kernel
+            fatal = first and isinstance(error, SeedError)
+            if fatal:
+                assert isinstance(error, SeedError)
+                logger.error("%s: %s\n%s", self.label, error, error.traceback)
+                self._fail_startup(error)
+            effects = self._book.start_failed(index, str(error), fatal=fatal)
+            self._apply(effects)
+            retry = next((e for e in effects if isinstance(e, RetryStart)), None)
+            if retry is None:
+                if not fatal:
+                    logger.error(
+                        "%s kernel slot %d failed %d times in a row and is given up: %s",
+                        self.label,
+                        index,
+                        self._book.slot(index).failures,
+                        error,
+                    )
+                self._after_slot_gave_up(error)
+                return None
+            logger.warning("%s kernel slot %d: %s; retrying", self.label, index, error)
+            await anyio.sleep(retry.delay)
+
+    def _after_slot_gave_up(self, error: CellserveError) -> None:
+        if self._book.all_failed:
+            logger.error("%s: %s", self.label, _NO_KERNEL)
+            self._fail_startup(error)
+
+    async def _tend(self, index: int, kernel: KernelHandle) -> None:
+        """Interrupt `kernel` when the books say so and check that it lives, until the books
+        retire it."""
+        while True:
+            self._wake[index] = woken = anyio.Event()
+            if self._book.retired(kernel):
+                return
+            view = self._book.slot(index)
+            if view.kernel is not kernel:
+                # Lost while a request still reads from it: that request notices the death
+                # itself and reports its end, which retires the kernel. Shutting it down
+                # under the request would turn a clean 503 into a closed-socket error.
+                with anyio.move_on_after(_RETIRE_WAIT):
+                    await woken.wait()
+                if not woken.is_set():
+                    return
+                continue
+            if view.state is KernelState.INTERRUPTING:
+                ok = await kernel.interrupt(self.limits.interrupt_grace)
+                self._apply(self._book.interrupted(kernel, ok))
+                continue
+            with anyio.move_on_after(self.limits.liveness_interval):
+                await woken.wait()
+            if not woken.is_set() and not await self._lives(kernel):
+                reason = f"kernel {kernel.id} (pid {kernel.pid}) exited"
+                logger.warning("%s: %s; restarting it", self.label, reason)
+                self._apply(self._book.lost(kernel, reason))
+
+    async def _lives(self, kernel: KernelHandle) -> bool:
+        """Whether `kernel` lives; a check that does not answer in time counts as dead."""
+        with anyio.move_on_after(max(5.0, 4 * self.limits.liveness_interval)):
+            return await kernel.is_alive()
+        return False
+
+    async def _retire(self, index: int, kernel: KernelHandle) -> None:
+        with anyio.CancelScope(shield=True):
+            await kernel.shutdown()
+        if self._owned[index] is kernel:
+            self._owned[index] = None
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(
+        self, call: CellCall, *, disconnected: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[Lease]:
+        """A kernel for `call`, waiting in the queue if needed; Unavailable when none comes.
+
+        `disconnected`, if given, returns when the client goes away; a request still queued
+        then leaves the queue. Leaving the block without running the call, or cancelled
+        while running it, interrupts the kernel before anyone else gets it.
+        """
+        request = await self._acquire(call, disconnected)
+        lease = Lease(self, request)
+        note_kernel(lease.kernel.id)
+        try:
+            yield lease
+        finally:
+            if not lease.ended:
+                self._apply(self._book.leave(request, Ending.CANCELLED))
 
     async def execute(
         self,
@@ -305,170 +442,160 @@ class KernelPool:
         on_stdout: StdoutSink | None = None,
         disconnected: Callable[[], Awaitable[None]] | None = None,
     ) -> CellOutcome:
-        """Run `call` on a free kernel, waiting in the queue if needed.
-
-        Raises Unavailable (queue full, queue timeout, kernel died), ExecutionTimeout.
-        `disconnected`, if given, returns when the client goes away; a request still queued
-        then leaves the queue.
-        """
-        slot, kernel, pending = await self._acquire(call, disconnected)
-        timeout = timeout if timeout is not None else self.limits.timeout
-        try:
-            if pending is None:
-                pending = kernel.begin(call)
-            outcome = await kernel.finish(pending, timeout=timeout, on_stdout=on_stdout)
-        except TimeoutError:
-            self._timeouts += 1
-            await self._recover(slot, kernel, f"a request ran past {timeout} s")
-            raise ExecutionTimeout(
-                f"the cell ran longer than {timeout} s and was interrupted"
-            ) from None
-        except KernelDied as exc:
-            self._kernel_lost(slot, kernel, f"{exc} mid-request")
-            raise Unavailable(
-                "the kernel running this request died; it is being restarted"
-            ) from exc
-        except BaseException:
-            # Cancelled mid-cell (client gone, server stopping) or a protocol error: the
-            # kernel may still be running the cell, so interrupt it before anyone reuses it.
-            await self._recover(slot, kernel, "its request was abandoned")
-            raise
-        slot.served += 1
-        self._release(kernel.id)
-        return outcome
-
-    def _kernel_lost(self, slot: _Slot, kernel: Kernel, reason: str) -> None:
-        """Replace `kernel` (once), unless its slot has already moved on to a new one."""
-        if slot.kernel is not kernel or slot.replace.is_set():
-            return
-        self._crashes += 1
-        slot.last_error = reason
-        logger.warning("%s: %s; restarting it", self.label, reason)
-        self._scheduler.remove(kernel.id)
-        slot.replace.set()
-
-    async def _recover(self, slot: _Slot, kernel: Kernel, why: str) -> None:
-        """Interrupt `kernel`; give it back if it answers within the grace, else replace it."""
-        with anyio.CancelScope(shield=True):
-            self._interrupts += 1
-            if await kernel.interrupt(self.limits.interrupt_grace):
-                logger.warning("%s: interrupted kernel %s: %s", self.label, kernel.id, why)
-                self._release(kernel.id)
-            else:
-                self._kernel_lost(slot, kernel, f"kernel ignored an interrupt after {why}")
+        """Run `call` on a free kernel: ``lease`` and ``Lease.run`` in one step."""
+        async with self.lease(call, disconnected=disconnected) as lease:
+            return await lease.run(timeout=timeout, on_stdout=on_stdout)
 
     async def _acquire(
         self, call: CellCall, disconnected: Callable[[], Awaitable[None]] | None
-    ) -> tuple[_Slot, Kernel, PendingCall | None]:
-        """A kernel for `call`, and the call itself if the kernel's hand-over already sent it."""
-        if self._closing.is_set():
-            raise Unavailable("the server is shutting down")
-        if all(s.state == KernelState.FAILED for s in self._slots):
-            raise Unavailable(_ALL_FAILED, 30)
-        waiter = _Waiter(call)
-        try:
-            kernel_id = self._scheduler.submit(waiter)
-        except QueueFull:
-            self._rejected += 1
-            raise Unavailable(
-                f"all kernels are busy and {self._scheduler.max_queue} requests are waiting"
-            ) from None
-        if kernel_id is None:
-            kernel_id = await self._wait_turn(waiter, disconnected)
-        slot = self._kernels.get(kernel_id)
-        if slot is None or slot.kernel is None or slot.replace.is_set():
-            raise Unavailable("the kernel given to this request was lost; it is being restarted")
-        slot.state = KernelState.BUSY
-        note_kernel(kernel_id)
-        return slot, slot.kernel, waiter.pending
+    ) -> _Request:
+        request = _Request(call)
+        self._apply(self._book.submit(request))
+        if not request.woken.is_set():
+            gone = False
+            try:
+                with anyio.move_on_after(self.limits.queue_timeout):
+                    if disconnected is None:
+                        await request.woken.wait()
+                    else:
+                        gone = await _first_of(request.woken.wait, disconnected)
+            except BaseException:
+                self._apply(self._book.leave(request, Ending.CANCELLED))
+                raise
+            if not request.woken.is_set():  # a hand-over in the same instant wins
+                self._apply(
+                    self._book.leave(request, Ending.DISCONNECTED if gone else Ending.QUEUE_TIMEOUT)
+                )
+                if gone:
+                    raise Unavailable(self._message(call, "the client left while queued"))
+                raise Unavailable(
+                    self._message(
+                        call,
+                        "no kernel became free within the queue timeout "
+                        f"({self.limits.queue_timeout} s)",
+                    )
+                )
+        if request.refusal is not None:
+            raise self._refused(call, request.refusal)
+        return request
 
-    async def _wait_turn(
-        self, waiter: _Waiter, disconnected: Callable[[], Awaitable[None]] | None
-    ) -> str:
-        try:
-            with anyio.move_on_after(self.limits.queue_timeout):
-                if disconnected is None:
-                    await waiter.assigned.wait()
-                else:
-                    async with anyio.create_task_group() as tg:
-
-                        async def watch_client() -> None:
-                            await disconnected()
-                            tg.cancel_scope.cancel()
-
-                        tg.start_soon(watch_client)
-                        await waiter.assigned.wait()
-                        tg.cancel_scope.cancel()
-        except BaseException:
-            await self._give_up(waiter)
-            raise
-        if waiter.refused:
-            self._rejected += 1
-            raise Unavailable(_ALL_FAILED, 30)
-        if waiter.kernel_id is None:
-            await self._give_up(waiter)
-            self._rejected += 1
-            raise Unavailable(
-                f"no kernel became free within the queue timeout ({self.limits.queue_timeout} s)"
+    def _refused(self, call: CellCall, refusal: Refusal) -> Unavailable:
+        if refusal is Refusal.QUEUE_FULL:
+            return Unavailable(
+                self._message(
+                    call, f"all kernels are busy and {self.limits.max_queue} requests are waiting"
+                )
             )
-        return waiter.kernel_id
+        if refusal is Refusal.CLOSING:
+            return Unavailable(self._message(call, "the server is shutting down"))
+        return Unavailable(self._message(call, _NO_KERNEL), 30)
 
-    async def _give_up(self, waiter: _Waiter) -> None:
-        """Leave the queue; a kernel handed over in the same instant goes straight back.
-
-        If the hand-over already sent the call, the kernel is running it: interrupt it first.
-        """
-        if self._scheduler.withdraw(waiter) or waiter.kernel_id is None:
-            return
-        slot = self._kernels.get(waiter.kernel_id)
-        sent = waiter.pending is not None and waiter.pending.msg_id is not None
-        if sent and slot is not None and slot.kernel is not None:
-            await self._recover(slot, slot.kernel, "its queued request was abandoned")
-        else:
-            self._release(waiter.kernel_id)
-
-    def _release(self, kernel_id: str) -> None:
-        slot = self._kernels.get(kernel_id)
-        if slot is None or slot.replace.is_set():
-            return  # retired, or lost and about to be: never hand it out again
-        slot.state = KernelState.IDLE
-        self._hand_out(kernel_id)
-
-    def _hand_out(self, kernel_id: str) -> None:
-        waiter = self._scheduler.release(kernel_id)
-        if waiter is not None:
-            slot = self._kernels[kernel_id]
-            waiter.kernel_id = kernel_id
-            if slot.kernel is not None:
-                # Send the next request right away: the kernel should not sit idle until
-                # the waiting task gets its turn on the event loop.
-                with contextlib.suppress(KernelError):
-                    waiter.pending = slot.kernel.begin(waiter.call)
-            waiter.assigned.set()
-            slot.state = KernelState.BUSY
-        if self._scheduler.is_quiet:
-            self._quiet.set()
+    def _message(self, call: CellCall, what: str) -> str:
+        return f"{self.label} {call.route}: {what}" if call.route else f"{self.label}: {what}"
 
     def stats(self) -> PoolStats:
+        now = time.monotonic()
+        slots = self._book.slots
+        endings = self._book.ended
         return PoolStats(
             generation=self.generation,
             kernels=tuple(
                 KernelStats(
                     slot=s.index,
-                    kernel_id=s.kernel.id if s.kernel else None,
-                    pid=s.kernel.pid if s.kernel else None,
+                    kernel_id=owned.id if owned else None,
+                    pid=owned.pid if owned else None,
                     state=s.state.value,
+                    state_seconds=round(now - s.since, 3),
+                    seed_cell=s.seed_cell,
+                    seed_cells=s.seed_cells,
                     requests_served=s.served,
                     restarts=s.restarts,
                     last_error=s.last_error,
-                    seed_seconds=s.seed_seconds,
+                    seed_seconds=seed_seconds,
                 )
-                for s in self._slots
+                for s, owned, seed_seconds in zip(
+                    slots, self._owned, self._seed_seconds, strict=True
+                )
             ),
-            queue_depth=self._scheduler.waiting,
-            requests_served=sum(s.served for s in self._slots),
-            timeouts=self._timeouts,
-            crashes=self._crashes,
-            rejected=self._rejected,
-            interrupts=self._interrupts,
+            queue_depth=len(self._book.queued),
+            requests_served=endings[Ending.SERVED],
+            timeouts=endings[Ending.TIMED_OUT],
+            crashes=self._book.crashes,
+            interrupts=self._book.interrupts,
+            rejected=endings[Ending.REJECTED]
+            + endings[Ending.REFUSED]
+            + endings[Ending.QUEUE_TIMEOUT],
+            disconnected=endings[Ending.DISCONNECTED],
+            endings={ending.value: endings[ending] for ending in Ending},
         )
+
+
+class Lease:
+    """One request's hold on one kernel, from ``KernelPool.lease``."""
+
+    def __init__(self, pool: KernelPool, request: _Request) -> None:
+        assert request.kernel is not None
+        self._pool = pool
+        self._request = request
+        self.kernel: KernelHandle = request.kernel
+        self.ended = False
+
+    async def run(
+        self, *, timeout: float | None = None, on_stdout: StdoutSink | None = None
+    ) -> CellOutcome:
+        """Run the leased call; ExecutionTimeout (504) or Unavailable (503) if it fails."""
+        pool, request, book = self._pool, self._request, self._pool._book
+        call = request.call
+        timeout = timeout if timeout is not None else pool.limits.timeout
+        try:
+            pending = request.pending or self.kernel.begin(call)
+            outcome = await self.kernel.finish(pending, timeout=timeout, on_stdout=on_stdout)
+        except TimeoutError:
+            self._end(book.timed_out(request))
+            raise ExecutionTimeout(
+                pool._message(call, f"the cell ran longer than {timeout} s and was interrupted")
+            ) from None
+        except KernelError as exc:
+            logger.warning("%s %s: %s; restarting the kernel", pool.label, call.route, exc)
+            self._end(book.failed(request, str(exc)))
+            what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
+            raise Unavailable(
+                pool._message(
+                    call, f"the kernel running this request {what}; it is being restarted"
+                )
+            ) from exc
+        except BaseException:
+            # Cancelled mid-cell (client gone, server stopping): the books interrupt the
+            # kernel before anyone reuses it.
+            self._end(book.leave(request, Ending.ABANDONED))
+            raise
+        self._end(book.done(request, kernel_exiting=outcome.kernel_exiting))
+        return outcome
+
+    def _end(self, effects: list[Effect[KernelHandle, _Request]]) -> None:
+        self.ended = True
+        self._pool._apply(effects)
+
+
+_NO_KERNEL = "no kernel is available: every kernel failed to start"
+_RETIRE_WAIT = 5.0
+"""How long a slot lets a request notice that its kernel died before shutting it down."""
+
+
+async def _first_of(
+    wanted: Callable[[], Awaitable[object]], gone: Callable[[], Awaitable[None]]
+) -> bool:
+    """Wait for `wanted` or `gone`, whichever returns first; True if it was `gone`."""
+    result = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal result
+            await gone()
+            result = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        await wanted()
+        tg.cancel_scope.cancel()
+    return result

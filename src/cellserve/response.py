@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from cellserve.cells import CellError, CellOutcome, CellOutput
 from cellserve.dispatch_common import utf8_safe
+from cellserve.exceptions import RequestFailed, Unavailable
 
 RICH_ORDER = (
     "image/png",
@@ -56,15 +57,25 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> Response:
-    """The response for one request's `outcome`; `label` names the route in error messages."""
+def failure_response(error: RequestFailed) -> Response:
+    """The JSON error for a request the pool could not run (503 with Retry-After, 504)."""
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else None
+    return error_response(error.status, str(error), headers)
+
+
+def build_response(
+    outcome: CellOutcome, accept: str | None, *, notebook: str, label: str
+) -> Response:
+    """The response for one request's `outcome`; `notebook` and the route's `label` name
+    where an error came from."""
     cell = outcome.cell
     if cell.error is not None:
         return _cell_error_response(cell.error)
     if cell.truncated:
         return error_response(
             500,
-            f"{label} produced more output than the server's response size limit; nothing was sent",
+            f"{notebook} {label} produced more output than the server's response size limit; "
+            "nothing was sent",
         )
     body, content_type = _body_of(cell, accept)
     status = 200
@@ -75,7 +86,7 @@ def build_response(outcome: CellOutcome, accept: str | None, *, label: str) -> R
             return _cell_error_response(info.error)
         parsed = _parse_response_info(info)
         if isinstance(parsed, str):
-            return error_response(500, f"ResponseInfo {label}: {parsed}")
+            return error_response(500, f"{notebook} ResponseInfo {label}: {parsed}")
         status, extra = parsed
     if status in _NO_BODY_STATUSES:
         body = b""

@@ -1,87 +1,432 @@
-"""Which kernel takes which request: a synchronous decision with no I/O.
+"""The pool's books: which kernel serves which request, as a synchronous decision with no I/O.
 
-The pool asks and acts; this class only keeps the books. Free kernels are handed out least
-recently used first (Kernel Gateway's rotation: a, b, c, a, ...); when none is free, requests
-wait in one FIFO shared by all kernels, so a slow request never holds up the requests behind it
-while another kernel is free. Each kernel runs one request at a time.
+``PoolBook`` owns the slots, the kernels they hold and the queue, and is the only place where
+an assignment changes. The pool (pool.py) reports what happened — a kernel is ready, a request
+arrived, finished, timed out or left, a kernel was lost, an interrupt worked or not — and
+each event returns the *effects* to carry out: assign a kernel to a waiter, refuse a waiter,
+interrupt or retire a kernel, tell the closing pool it is quiet. Events are plain method
+calls, so a task cancelled at any point leaves the books consistent; stale events (about a
+kernel already lost, or a waiter already ended) change nothing.
+
+Free kernels are handed out least recently used first (Kernel Gateway's rotation: a, b, c,
+a, ...); when none is free, requests wait in one FIFO shared by all kernels. A kernel runs one
+request at a time, and a kernel that was lost is never handed out again.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Generic, TypeVar
 
-K = TypeVar("K")
-W = TypeVar("W")
+K = TypeVar("K")  # a kernel; hashable (compared by identity in the pool)
+W = TypeVar("W")  # a waiting request; hashable
 
 
-class QueueFull(Exception):
-    """Every kernel is busy and `max_queue` requests are already waiting."""
+class KernelState(StrEnum):
+    STARTING = "starting"
+    SEEDING = "seeding"
+    IDLE = "idle"
+    BUSY = "busy"
+    INTERRUPTING = "interrupting"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
 
 
-class Scheduler(Generic[K, W]):
-    """Books for kernels (keys `K`) and waiting requests (tokens `W`)."""
+class Ending(StrEnum):
+    """How a request left the pool; each request ends exactly once."""
 
-    def __init__(self, max_queue: int | None = None) -> None:
+    SERVED = "served"
+    TIMED_OUT = "timed_out"
+    KERNEL_LOST = "kernel_lost"  # its kernel died under it
+    ABANDONED = "abandoned"  # cancelled (client gone, server stopping) while running
+    REJECTED = "rejected"  # the queue was full
+    REFUSED = "refused"  # closing, or no kernel will ever come
+    QUEUE_TIMEOUT = "queue_timeout"
+    DISCONNECTED = "disconnected"  # the client left while queued
+    CANCELLED = "cancelled"  # the request was cancelled while queued (e.g. server stopping)
+
+
+class Refusal(StrEnum):
+    QUEUE_FULL = "queue_full"
+    CLOSING = "closing"
+    NO_KERNEL = "no_kernel"  # every slot failed
+
+
+@dataclass(frozen=True)
+class Assign(Generic[K, W]):
+    """Send `waiter`'s call to `kernel` now and wake the waiter."""
+
+    waiter: W
+    kernel: K
+
+
+@dataclass(frozen=True)
+class Refuse(Generic[W]):
+    """Wake `waiter` with a refusal; it never gets a kernel."""
+
+    waiter: W
+    refusal: Refusal
+
+
+@dataclass(frozen=True)
+class Interrupt(Generic[K]):
+    """The slot must interrupt `kernel` and report ``interrupted``."""
+
+    slot: int
+    kernel: K
+
+
+@dataclass(frozen=True)
+class Retire(Generic[K]):
+    """The slot must shut `kernel` down and start a new one (no request uses it any more)."""
+
+    slot: int
+    kernel: K
+
+
+@dataclass(frozen=True)
+class RetryStart:
+    """The slot failed to start a kernel and should try again after `delay` seconds."""
+
+    slot: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """The pool is closing and holds no request: it may stop its kernels."""
+
+
+Effect = Assign[K, W] | Refuse[W] | Interrupt[K] | Retire[K] | RetryStart | Quiet
+
+
+@dataclass(frozen=True)
+class SlotView(Generic[K]):
+    """A slot as the books see it, for stats and for the slot's own task."""
+
+    index: int
+    state: KernelState
+    kernel: K | None
+    since: float
+    served: int
+    restarts: int
+    failures: int
+    last_error: str | None
+    seed_cell: int | None
+    seed_cells: int | None
+
+
+@dataclass
+class _Slot(Generic[K]):
+    index: int
+    since: float
+    state: KernelState = KernelState.STARTING
+    kernel: K | None = None
+    served: int = 0
+    restarts: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    seed_cell: int | None = None
+    seed_cells: int | None = None
+
+
+@dataclass
+class _Kernel(Generic[W]):
+    slot: int
+    waiter: W | None = None
+    lost: bool = False
+    stopped: bool = False  # its slot stopped and shut it down already
+
+
+class PoolBook(Generic[K, W]):
+    """Books for `size` slots, their kernels (keys `K`) and waiting requests (tokens `W`)."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        max_queue: int | None = None,
+        max_start_failures: int = 3,
+        backoff: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_queue = max_queue
+        self.max_start_failures = max_start_failures
+        self.backoff = backoff
+        self._clock = clock
+        self._slots = [_Slot[K](i, clock()) for i in range(size)]
+        self._kernels: dict[K, _Kernel[W]] = {}
         self._free: deque[K] = deque()
-        self._busy: set[K] = set()
-        self._waiting: deque[W] = deque()
+        self._queue: deque[W] = deque()
+        self._running: dict[W, K] = {}
+        self.ended: Counter[Ending] = Counter()
+        self.crashes = 0
+        self.interrupts = 0
+        self.closing = False
+
+    # -- views ----------------------------------------------------------------------------
 
     @property
-    def waiting(self) -> int:
-        return len(self._waiting)
+    def queued(self) -> tuple[W, ...]:
+        return tuple(self._queue)
 
     @property
-    def busy(self) -> int:
-        return len(self._busy)
+    def running(self) -> dict[W, K]:
+        """Each request holding a kernel, with that kernel."""
+        return dict(self._running)
 
     @property
-    def free(self) -> int:
-        return len(self._free)
+    def free(self) -> tuple[K, ...]:
+        """Idle kernels, the next one to be handed out first."""
+        return tuple(self._free)
 
     @property
     def is_quiet(self) -> bool:
         """No request is running or waiting."""
-        return not self._busy and not self._waiting
+        return not self._running and not self._queue
 
-    def submit(self, waiter: W) -> K | None:
-        """A free kernel for `waiter` now, or None when it was queued; QueueFull if no room."""
+    @property
+    def all_failed(self) -> bool:
+        return all(s.state is KernelState.FAILED for s in self._slots)
+
+    def slot(self, index: int) -> SlotView[K]:
+        s = self._slots[index]
+        return SlotView(
+            s.index,
+            s.state,
+            s.kernel,
+            s.since,
+            s.served,
+            s.restarts,
+            s.failures,
+            s.last_error,
+            s.seed_cell,
+            s.seed_cells,
+        )
+
+    @property
+    def slots(self) -> tuple[SlotView[K], ...]:
+        return tuple(self.slot(i) for i in range(len(self._slots)))
+
+    # -- slots ----------------------------------------------------------------------------
+
+    def starting(self, slot: int) -> None:
+        """The slot starts a kernel process (its first, or a replacement)."""
+        s = self._slots[slot]
+        s.seed_cell = s.seed_cells = None
+        self._set(s, KernelState.RESTARTING if s.restarts else KernelState.STARTING)
+
+    def seeding(self, slot: int, cell: int, cells: int) -> None:
+        """The slot's new kernel runs seed cell `cell` (1-based) of `cells`."""
+        s = self._slots[slot]
+        s.seed_cell, s.seed_cells = cell, cells
+        if s.state is not KernelState.SEEDING:
+            self._set(s, KernelState.SEEDING)
+
+    def kernel_ready(self, slot: int, kernel: K) -> list[Effect[K, W]]:
+        """The slot's new kernel is started and seeded: hand it out."""
+        s = self._slots[slot]
+        assert s.kernel is None and kernel not in self._kernels, "a kernel is ready twice"
+        s.kernel, s.failures, s.seed_cell, s.seed_cells = kernel, 0, None, None
+        self._kernels[kernel] = _Kernel(slot)
+        return self._hand_out(kernel)
+
+    def start_failed(self, slot: int, error: str, *, fatal: bool = False) -> list[Effect[K, W]]:
+        """Starting or seeding failed; the slot retries with backoff, or gives up.
+
+        A `fatal` failure (a seed cell that raises on the very first start) and the
+        `max_start_failures`-th failure in a row make the slot FAILED. Once every slot has
+        failed, every queued request is refused at once rather than at its timeout.
+        """
+        s = self._slots[slot]
+        s.failures += 1
+        s.last_error = error
+        if not fatal and s.failures < self.max_start_failures:
+            return [RetryStart(slot, min(self.backoff * 2**s.failures, 20 * self.backoff))]
+        self._set(s, KernelState.FAILED)
+        if not self.all_failed:
+            return []
+        return self._refuse_queue(Refusal.NO_KERNEL)
+
+    def stopped(self, slot: int) -> list[Effect[K, W]]:
+        """The slot's task ended (the pool is closing); its kernel, if any, is shut down."""
+        s = self._slots[slot]
+        if s.kernel is not None:
+            kernel, s.kernel = s.kernel, None
+            book = self._kernels[kernel]
+            book.lost = book.stopped = True
+            if kernel in self._free:
+                self._free.remove(kernel)
+            if book.waiter is None:
+                del self._kernels[kernel]
+        if s.state is not KernelState.FAILED:
+            self._set(s, KernelState.STOPPED)
+        return self._quiet()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def submit(self, waiter: W) -> list[Effect[K, W]]:
+        """A new request: a kernel now, a place in the queue (no effect), or a refusal."""
+        assert waiter not in self._running and waiter not in self._queue, "submitted twice"
+        if self.closing:
+            return self._end_refused(waiter, Refusal.CLOSING)
+        if self.all_failed:
+            return self._end_refused(waiter, Refusal.NO_KERNEL)
         if self._free:
-            kernel = self._free.popleft()
-            self._busy.add(kernel)
-            return kernel
-        if self.max_queue is not None and len(self._waiting) >= self.max_queue:
-            raise QueueFull
-        self._waiting.append(waiter)
-        return None
+            return [self._assign(waiter, self._free.popleft())]
+        if self.max_queue is not None and len(self._queue) >= self.max_queue:
+            self.ended[Ending.REJECTED] += 1
+            return [Refuse(waiter, Refusal.QUEUE_FULL)]
+        self._queue.append(waiter)
+        return []
 
-    def release(self, kernel: K) -> W | None:
-        """`kernel` is free (new, or done with a request): the waiter it now serves, if any."""
-        if self._waiting:
-            self._busy.add(kernel)
-            return self._waiting.popleft()
-        self._busy.discard(kernel)
-        if kernel not in self._free:
-            self._free.append(kernel)
-        return None
+    def done(self, waiter: W, *, kernel_exiting: bool = False) -> list[Effect[K, W]]:
+        """`waiter`'s call finished; its kernel takes the next request unless it is exiting."""
+        kernel = self._end_running(waiter, Ending.SERVED)
+        if kernel is None:
+            return []
+        self._slots[self._kernels[kernel].slot].served += 1
+        if kernel_exiting:
+            return self._lose(kernel, "the kernel exited after the request")
+        return self._release(kernel)
 
-    def remove(self, kernel: K) -> None:
-        """`kernel` is gone (dead, restarting, shut down): never hand it out again."""
-        self._busy.discard(kernel)
+    def timed_out(self, waiter: W) -> list[Effect[K, W]]:
+        """`waiter`'s call ran past its timeout: interrupt the kernel."""
+        kernel = self._end_running(waiter, Ending.TIMED_OUT)
+        return [] if kernel is None else self._interrupt(kernel)
+
+    def failed(self, waiter: W, reason: str) -> list[Effect[K, W]]:
+        """`waiter`'s kernel died or stopped answering under it: replace the kernel."""
+        kernel = self._end_running(waiter, Ending.KERNEL_LOST)
+        return [] if kernel is None else self._lose(kernel, reason)
+
+    def leave(self, waiter: W, why: Ending) -> list[Effect[K, W]]:
+        """`waiter` stops waiting or running (queue timeout, client gone, cancelled).
+
+        Still queued, it ends as `why`. Already given a kernel (even in this same instant),
+        the kernel may be running its call, so it ends as ABANDONED and the kernel is
+        interrupted before anyone else gets it.
+        """
+        if waiter in self._queue:
+            self._queue.remove(waiter)
+            self.ended[why] += 1
+            return self._quiet()
+        kernel = self._end_running(waiter, Ending.ABANDONED)
+        return [] if kernel is None else self._interrupt(kernel)
+
+    # -- kernels --------------------------------------------------------------------------
+
+    def lost(self, kernel: K, reason: str) -> list[Effect[K, W]]:
+        """`kernel` exited or must not be used again; a request running on it ends by itself."""
+        return self._lose(kernel, reason)
+
+    def retired(self, kernel: K) -> bool:
+        """Whether `kernel`'s slot may shut it down now (lost, and no request on it)."""
+        return kernel not in self._kernels
+
+    def interrupted(self, kernel: K, ok: bool) -> list[Effect[K, W]]:
+        """The slot's interrupt of `kernel` worked (it answers again) or did not."""
+        book = self._kernels.get(kernel)
+        if book is None or book.lost:
+            return []
+        if not ok:
+            return self._lose(kernel, "the kernel did not answer after an interrupt")
+        return self._release(kernel)
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> list[Effect[K, W]]:
+        """Refuse new requests; queued and running ones go on. Quiet once none is left."""
+        self.closing = True
+        return self._quiet()
+
+    def drain(self) -> list[Effect[K, W]]:
+        """Refuse every queued request now (the grace is over, or no kernel will come)."""
+        return self._refuse_queue(Refusal.CLOSING if self.closing else Refusal.NO_KERNEL)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _set(self, slot: _Slot[K], state: KernelState) -> None:
+        slot.state = state
+        slot.since = self._clock()
+
+    def _assign(self, waiter: W, kernel: K) -> Assign[K, W]:
+        book = self._kernels[kernel]
+        assert book.waiter is None and not book.lost, "kernel handed out while not free"
+        book.waiter = waiter
+        self._running[waiter] = kernel
+        self._set(self._slots[book.slot], KernelState.BUSY)
+        return Assign(waiter, kernel)
+
+    def _hand_out(self, kernel: K) -> list[Effect[K, W]]:
+        """`kernel` is free: to the head of the queue, else to the free list."""
+        if self._queue:
+            return [self._assign(self._queue.popleft(), kernel)]
+        self._free.append(kernel)
+        self._set(self._slots[self._kernels[kernel].slot], KernelState.IDLE)
+        return self._quiet()
+
+    def _release(self, kernel: K) -> list[Effect[K, W]]:
+        if self._kernels[kernel].lost:
+            return self._forget(kernel)
+        return self._hand_out(kernel)
+
+    def _end_running(self, waiter: W, ending: Ending) -> K | None:
+        """End `waiter`'s run; its kernel, or None if it had already ended (a stale event)."""
+        kernel = self._running.pop(waiter, None)
+        if kernel is None:
+            return None
+        self.ended[ending] += 1
+        self._kernels[kernel].waiter = None
+        return kernel
+
+    def _end_refused(self, waiter: W, refusal: Refusal) -> list[Effect[K, W]]:
+        self.ended[Ending.REFUSED] += 1
+        return [Refuse(waiter, refusal)]
+
+    def _interrupt(self, kernel: K) -> list[Effect[K, W]]:
+        book = self._kernels[kernel]
+        if book.lost:
+            return self._forget(kernel)
+        self._set(self._slots[book.slot], KernelState.INTERRUPTING)
+        self.interrupts += 1
+        return [Interrupt(book.slot, kernel), *self._quiet()]
+
+    def _lose(self, kernel: K, reason: str) -> list[Effect[K, W]]:
+        """Never hand `kernel` out again; retire it once no request runs on it (that request
+        is still reading from it and will report its own end)."""
+        book = self._kernels.get(kernel)
+        if book is None:
+            return []
+        if book.lost:
+            return self._forget(kernel) if book.waiter is None else []
+        book.lost = True
+        self.crashes += 1
         if kernel in self._free:
             self._free.remove(kernel)
+        slot = self._slots[book.slot]
+        slot.last_error = reason
+        slot.kernel = None
+        slot.restarts += 1
+        self._set(slot, KernelState.RESTARTING)
+        return self._forget(kernel) if book.waiter is None else []
 
-    def drain(self) -> list[W]:
-        """Empty the queue (no kernel will come); the caller answers each waiter."""
-        waiting = list(self._waiting)
-        self._waiting.clear()
-        return waiting
+    def _forget(self, kernel: K) -> list[Effect[K, W]]:
+        """A lost kernel that no request uses any more: its slot may shut it down."""
+        book = self._kernels.pop(kernel)
+        retire: list[Effect[K, W]] = [] if book.stopped else [Retire(book.slot, kernel)]
+        return retire + self._quiet()
 
-    def withdraw(self, waiter: W) -> bool:
-        """Take `waiter` out of the queue; False if it was already given a kernel."""
-        try:
-            self._waiting.remove(waiter)
-        except ValueError:
-            return False
-        return True
+    def _refuse_queue(self, refusal: Refusal) -> list[Effect[K, W]]:
+        effects: list[Effect[K, W]] = []
+        while self._queue:
+            effects += self._end_refused(self._queue.popleft(), refusal)
+        return effects + self._quiet()
+
+    def _quiet(self) -> list[Effect[K, W]]:
+        return [Quiet()] if self.closing and self.is_quiet else []

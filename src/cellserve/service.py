@@ -19,13 +19,14 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from cellserve.exceptions import CellserveError, NotebookError, SeedError
-from cellserve.kernels import KernelConfig
+from cellserve.kernels import Kernel, KernelConfig
 from cellserve.metrics import record_reload
 from cellserve.notebook import NotebookApi, parse_notebook_text
 from cellserve.pool import KernelPool, PoolLimits
@@ -189,7 +190,13 @@ class NotebookService:
             interrupt_grace=s.interrupt_grace,
             shutdown_grace=s.shutdown_grace,
         )
-        return KernelPool(config, api.seeds, limits, generation=self._numbers + 1, label=self.label)
+        return KernelPool(
+            api.seeds,
+            limits,
+            partial(Kernel.start, config),
+            generation=self._numbers + 1,
+            label=self.label,
+        )
 
     def _generation(self, api: NotebookApi, pool: KernelPool) -> Generation:
         self._numbers += 1
