@@ -250,7 +250,7 @@ def test_response_info_header_outside_rfc_9110_is_a_500_json_naming_the_route(
     response = get(fast, "/header", params={"v": value})
     assert response.status_code == 500
     message = response.json()["message"]
-    assert message.startswith("ResponseInfo GET /header: header 'X-Echo'")
+    assert message.startswith("fast.ipynb ResponseInfo GET /header: header 'X-Echo'")
     assert "RFC 9110" in message
 
 

@@ -180,12 +180,17 @@ class JobTable:
         Raises Unavailable when the table is closed or full of running jobs.
         """
         if self._tg is None:
-            raise Unavailable("the server is not taking jobs now (starting or shutting down)")
+            raise Unavailable(
+                f"{self.label} {route}: the server is not taking jobs now "
+                "(starting or shutting down)"
+            )
         self._forget_expired()
         if len(self._jobs) >= self.max_jobs:
             finished = [job for job in self._jobs.values() if job.state is not JobState.RUNNING]
             if not finished:
-                raise TooManyJobs(f"{self.max_jobs} jobs are running; try again later", 5)
+                raise TooManyJobs(
+                    f"{self.label} {route}: {self.max_jobs} jobs are running; try again later", 5
+                )
             oldest = min(finished, key=lambda job: job.finished or 0.0)
             del self._jobs[oldest.id]
         job = Job(uuid.uuid4().hex, route, time.time())
@@ -211,7 +216,7 @@ class JobTable:
                         # A job's failure is its own answer, never the server's.
                         logger.exception("%s: job %s (%s) failed", self.label, job.id, job.route)
                         job.result = StoredResponse.of(
-                            error_response(500, f"job {job.id} for {job.route} failed")
+                            error_response(500, f"{self.label} {job.route}: job {job.id} failed")
                         )
         finally:
             job.state = JobState.DONE if job.result is not None else JobState.CANCELLED

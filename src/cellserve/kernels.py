@@ -155,7 +155,12 @@ class Kernel:
         return kernel
 
     async def is_alive(self) -> bool:
-        return bool(await self._manager.is_alive())
+        """Whether the kernel process lives, as its provisioner sees it (a local process poll,
+        or whatever a remote provisioner does)."""
+        try:
+            return bool(await self._manager.is_alive())
+        except Exception as exc:
+            raise KernelError(f"cannot tell whether kernel {self.id} lives: {exc!r}") from exc
 
     async def seed(
         self, seeds: Sequence[SeedCell], on_cell: Callable[[int, int], None] | None = None

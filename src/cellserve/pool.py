@@ -304,13 +304,11 @@ class KernelPool:
                 await anyio.sleep(retry.delay)
 
     async def _run_slot(self, index: int) -> None:
-        first = True
         try:
             while True:
-                kernel = await self._start(index, first)
+                kernel = await self._start(index)
                 if kernel is None:
                     return
-                first = False
                 await self._tend(index, kernel)
                 await self._retire(index, kernel)
                 if self._book.closing:
@@ -322,7 +320,7 @@ class KernelPool:
                     await self._retire(index, kernel)
                 self._apply(self._book.stopped(index))
 
-    async def _start(self, index: int, first: bool) -> KernelHandle | None:
+    async def _start(self, index: int) -> KernelHandle | None:
         """A started and seeded kernel, now handed out; None once the slot has given up."""
         while True:
             self._book.starting(index)
@@ -346,7 +344,8 @@ class KernelPool:
                     self._apply(self._book.kernel_ready(index, kernel))
                     self._settled.set()
                     return kernel
-            fatal = first and isinstance(error, SeedError)
+            # A seed error before the slot ever had a kernel ready is the notebook's fault.
+            fatal = self._seed_seconds[index] is None and isinstance(error, SeedError)
             if fatal:
                 assert isinstance(error, SeedError)
                 logger.error("%s: %s\n%s", self.label, error, error.traceback)
