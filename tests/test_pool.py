@@ -205,16 +205,14 @@ async def test_two_kernels_run_four_requests_two_at_a_time(notebook: MakeNoteboo
             statuses.append(response.status_code)
             pids.append(response.text.strip())
 
-        started = time.monotonic()
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 for _ in range(4):
                     tg.start_soon(one)
-        elapsed = time.monotonic() - started
+                # Two run at once and two wait: not one at a time.
+                await wait_for_health(client, lambda b: b["kernels"] == {"busy": 2})
 
         assert statuses == [200] * 4
-        # Serially this takes 4 s; two kernels in parallel take about 2 s.
-        assert elapsed < 3.5, f"4 x 1 s on 2 kernels took {elapsed:.2f} s"
         assert len(set(pids)) == 2
         body = await assert_consistent(client, 2)
         # Two sleeps each, plus the check request on one of them.
@@ -284,10 +282,11 @@ async def test_timeout_interrupts_the_cell_and_keeps_the_seeded_kernel(
         assert after["stats"]["crashes"] == 0
         # Same process, same namespace: seed state and earlier request state survive.
         assert (await client.get("/ran")).text == "1\n"
-        # The interrupted cell does not linger: the next short request is prompt.
+        # The interrupted cell does not linger (it would sleep 30 s): the next request is
+        # answered well before that.
         started = time.monotonic()
         assert (await client.get("/sleep", params={"s": "0.1"})).status_code == 200
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 15
 
 
 async def test_kernel_ignoring_the_interrupt_is_restarted_and_reseeded(
@@ -344,7 +343,8 @@ async def test_kernel_exiting_mid_request_answers_promptly_then_recovers(
 
         assert response.status_code in (502, 503), response.text
         assert_json_error(response, response.status_code)
-        assert elapsed < 3.0, f"a dead kernel was noticed after {elapsed:.2f} s"
+        # Noticed by the pool, not by the 30 s timeout.
+        assert elapsed < 15, f"a dead kernel was noticed after {elapsed:.2f} s"
 
         body = await wait_for_health(
             client, lambda b: kernel_stats(b)[0]["restarts"] == 1 and all_idle(b)
@@ -396,7 +396,8 @@ async def test_killed_kernel_is_replaced_while_the_other_keeps_serving(
         assert_503(response)
         assert "died" in response.json()["message"]
         noticed = answered_at - killed_at
-        assert noticed < 3.0, f"the killed kernel's request was answered after {noticed:.2f} s"
+        # Noticed by the pool, not by the 30 s timeout.
+        assert noticed < 15, f"the killed kernel's request was answered after {noticed:.2f} s"
         assert served_during_restart, "the other kernel served nothing during the restart"
         body = await health(client)
         replaced = kernel_stats(body)[victim["slot"]]
@@ -422,12 +423,11 @@ async def test_client_gone_while_queued_leaves_the_queue_and_its_cell_never_runs
                 await wait_for_health(client, lambda b: b["kernels"] == {"busy": 1})
                 with pytest.raises(httpx.ReadTimeout):
                     await client.get("/run-once", timeout=0.5)
-                gave_up = time.monotonic()
                 # httpx closed the connection: the server drops the queued request while
                 # the kernel is still busy with the long cell.
                 body = await wait_for_health(client, lambda b: b["queue"] == 0, timeout=10)
                 assert body["kernels"] == {"busy": 1}
-                assert time.monotonic() - gave_up < 2.0
+                assert body["stats"]["disconnected"] == 1
         await assert_consistent(client, 1)
         # The abandoned queued request never reached the kernel.
         assert (await client.get("/ran")).text == "0\n"
@@ -530,7 +530,9 @@ async def test_slot_failing_to_reseed_is_given_up_and_requests_get_503(
         with anyio.fail_after(30):
             response = await client.get("/seed")
         assert_503(response)
-        assert time.monotonic() - started < 2.0
+        assert "every kernel failed to start" in response.json()["message"]
+        # Refused at once, not after the 10 s queue timeout.
+        assert time.monotonic() - started < 5
 
 
 # -- shutdown ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ each step waits for a condition of the pool or of a fake.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -38,6 +38,18 @@ def call(route: str = "GET /x") -> CellCall:
     return CellCall("print(1)", "{}", route=route)
 
 
+async def execute(
+    pool: KernelPool,
+    call: CellCall,
+    *,
+    timeout: float | None = None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> CellOutcome:
+    """What an endpoint does: lease a kernel, run the call on it."""
+    async with pool.lease(call, disconnected=disconnected) as lease:
+        return await lease.run(timeout=timeout)
+
+
 @asynccontextmanager
 async def running(
     factory: FakeFactory, limits: PoolLimits = FAST, *, started: bool = True
@@ -65,7 +77,7 @@ class Outcomes:
     def start(self, name: str, *, timeout: float | None = None) -> None:
         async def run() -> None:
             try:
-                self.results[name] = await self.pool.execute(call(f"GET /{name}"), timeout=timeout)
+                self.results[name] = await execute(self.pool, call(f"GET /{name}"), timeout=timeout)
             except (Unavailable, ExecutionTimeout) as exc:
                 self.results[name] = exc
 
@@ -118,7 +130,7 @@ async def test_waiter_cancelled_in_the_instant_of_its_hand_over_interrupts_the_k
         async def queued() -> None:
             with anyio.CancelScope() as scope:
                 scopes.append(scope)
-                await pool.execute(call("GET /b"))
+                await execute(pool, call("GET /b"))
 
         tg.start_soon(queued)
         await eventually(lambda: pool.stats().queue_depth == 1)
@@ -144,7 +156,7 @@ async def test_client_gone_while_queued_is_counted_as_disconnected_not_rejected(
 
         async def queued() -> None:
             with pytest.raises(Unavailable) as caught:
-                await pool.execute(call("GET /b"), disconnected=gone.wait)
+                await execute(pool, call("GET /b"), disconnected=gone.wait)
             failure.append(caught.value)
 
         tg.start_soon(queued)
@@ -268,7 +280,7 @@ async def test_kernel_protocol_error_is_a_503_naming_the_route_and_the_kernel_is
     )
     async with running(factory) as pool:
         with pytest.raises(Unavailable) as caught:
-            await pool.execute(call("GET /broken"))
+            await execute(pool, call("GET /broken"))
         assert str(caught.value).startswith("api.ipynb GET /broken: the kernel running this")
         assert "dispatcher lost" in str(caught.value)
         await eventually(lambda: len(factory.kernels) == 2 and state(pool) == "idle")
@@ -405,7 +417,7 @@ async def test_close_finishes_running_and_queued_requests_within_the_grace() -> 
         tg.start_soon(pool.close)
         await eventually(lambda: pool.closing)
         with pytest.raises(Unavailable, match="shutting down"):
-            await pool.execute(call())
+            await execute(pool, call())
         kernel.answer()
         await eventually(lambda: len(kernel.calls) == 2)
         kernel.answer()

@@ -433,18 +433,6 @@ class KernelPool:
             if not lease.ended:
                 self._apply(self._book.leave(request, Ending.CANCELLED))
 
-    async def execute(
-        self,
-        call: CellCall,
-        *,
-        timeout: float | None = None,
-        on_stdout: StdoutSink | None = None,
-        disconnected: Callable[[], Awaitable[None]] | None = None,
-    ) -> CellOutcome:
-        """Run `call` on a free kernel: ``lease`` and ``Lease.run`` in one step."""
-        async with self.lease(call, disconnected=disconnected) as lease:
-            return await lease.run(timeout=timeout, on_stdout=on_stdout)
-
     async def _acquire(
         self, call: CellCall, disconnected: Callable[[], Awaitable[None]] | None
     ) -> _Request:
