@@ -84,7 +84,7 @@ def test_job_answers_202_shows_progress_and_keeps_the_routes_answer(
     assert accepted.status_code == 202
     location = accepted.headers["location"]
     assert location.startswith("/api/_cellserve/jobs/")
-    assert accepted.json()["state"] == "running"
+    assert accepted.json()["state"] in ("queued", "running")  # a kernel may be free already
 
     running = _until(client, location, lambda job: "epoch 1" in job["progress"])
     assert running["state"] == "running" and "result" not in running
@@ -115,13 +115,18 @@ def server_url(client: httpx.Client) -> str:
 
 def test_delete_interrupts_a_running_job_and_frees_its_kernel(client: httpx.Client) -> None:
     location = client.get("/api/forever").headers["location"]
-    _until(client, location, lambda job: "looping" in job["progress"])
+    running = _until(client, location, lambda job: "looping" in job["progress"])
+    assert running["state"] == "running" and running["started"] >= running["created"]
+    waiting = client.get("/api/broken").headers["location"]  # the only kernel is busy
+    assert client.get(waiting).json()["state"] == "queued"
 
     cancelled = client.delete(location)
     assert cancelled.status_code == 200
     assert cancelled.json()["state"] == "cancelled"
     assert client.get(location).json()["state"] == "cancelled"
     assert client.get(location + "/result").status_code == 409
+    # The queued job got the kernel once the loop was interrupted.
+    assert _until(client, waiting, lambda job: job["state"] == "done")["result"]["status"] == 500
     # The server's only kernel was interrupted, not left looping: it answers at once.
     assert client.get("/api/quick").text.startswith(("hi", "edited"))
 
@@ -167,7 +172,7 @@ def test_openapi_documents_the_202_and_the_job_endpoints(client: httpx.Client) -
 
 def test_health_counts_jobs(client: httpx.Client) -> None:
     health = client.get("/api/_cellserve/health").json()
-    assert set(health["jobs"]) == {"running", "done", "cancelled"}
+    assert set(health["jobs"]) == {"queued", "running", "done", "cancelled"}
 
 
 # -- the directive ---------------------------------------------------------------------------
@@ -268,7 +273,7 @@ def test_job_urls_carry_the_notebooks_prefix_in_a_multi_notebook_app(tmp_path: P
         location = accepted.headers["location"]
         assert location.startswith("/nb/_cellserve/jobs/")
         deadline = time.monotonic() + 90
-        while (job := client.get(location).json())["state"] == "running":
+        while (job := client.get(location).json())["state"] in ("queued", "running"):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert job["result"]["body"] == "ok\n"

@@ -173,7 +173,10 @@ async def _answer(
     a job's `call` feeds the job's progress as the cell prints."""
     try:
         async with generation.pool.lease(call, disconnected=disconnected) as lease:
-            on_stdout = job.add_progress if job is not None else None
+            on_stdout = None
+            if job is not None:
+                job.start()
+                on_stdout = job.add_progress
             outcome = await lease.run(timeout=timeout, on_stdout=on_stdout)
     except RequestFailed as exc:
         return failure_response(exc)

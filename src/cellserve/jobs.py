@@ -10,8 +10,9 @@ The request is checked like any other (404, 405, 413, 400 and 422 come at once);
 answer is ``202`` with ``Location: <base>/_cellserve/jobs/<id>`` while the cell runs in the
 background, queued for a kernel like any request:
 
-* ``GET .../jobs/<id>``: the state (``running``, ``done``, ``cancelled``), stdout so far,
-  and once done the result: the status, headers and body the route would have answered;
+* ``GET .../jobs/<id>``: the state (``queued`` for a kernel, ``running``, ``done``,
+  ``cancelled``), stdout so far, and once done the result: the status, headers and body the
+  route would have answered;
 * ``GET .../jobs/<id>/result``: that response itself (``202`` and the state until done);
 * ``DELETE .../jobs/<id>``: cancel a running job (its kernel is interrupted, or it leaves
   the queue), or forget a finished one.
@@ -53,9 +54,14 @@ _CANCEL_WAIT = 60.0
 
 
 class JobState(StrEnum):
-    RUNNING = "running"  # queued for a kernel or running on one
+    QUEUED = "queued"  # waiting for a free kernel
+    RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobState.DONE, JobState.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -109,13 +115,19 @@ class Job:
     id: str
     route: str
     created: float
-    state: JobState = JobState.RUNNING
+    state: JobState = JobState.QUEUED
+    started: float | None = None
     finished: float | None = None
     progress: list[str] = field(default_factory=list)
     result: StoredResponse | None = None
     expires: float = math.inf  # time.monotonic() after which the job is forgotten
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ended: anyio.Event = field(default_factory=anyio.Event)
+
+    def start(self) -> None:
+        """A kernel has taken the job."""
+        self.state = JobState.RUNNING
+        self.started = time.time()
 
     async def add_progress(self, text: str) -> None:
         """A stdout sink: the cell's output so far, readable while it runs."""
@@ -127,6 +139,7 @@ class Job:
             "route": self.route,
             "state": self.state.value,
             "created": self.created,
+            "started": self.started,
             "finished": self.finished,
             "progress": "".join(self.progress),
             "location": location,
@@ -186,7 +199,7 @@ class JobTable:
             )
         self._forget_expired()
         if len(self._jobs) >= self.max_jobs:
-            finished = [job for job in self._jobs.values() if job.state is not JobState.RUNNING]
+            finished = [job for job in self._jobs.values() if job.state.ended]
             if not finished:
                 raise TooManyJobs(
                     f"{self.label} {route}: {self.max_jobs} jobs are running; try again later", 5
@@ -233,7 +246,7 @@ class JobTable:
         job = self.get(job_id)
         if job is None:
             return None
-        if job.state is JobState.RUNNING:
+        if not job.state.ended:
             job.scope.cancel()
             with anyio.move_on_after(_CANCEL_WAIT):
                 await job.ended.wait()

@@ -146,8 +146,9 @@ _JOB_SCHEMA: dict[str, Any] = {
     "properties": {
         "id": {"type": "string"},
         "route": {"type": "string", "examples": ["POST /train"]},
-        "state": {"enum": ["running", "done", "cancelled"]},
+        "state": {"enum": ["queued", "running", "done", "cancelled"]},
         "created": {"type": "number", "description": "Unix time"},
+        "started": {"type": ["number", "null"], "description": "Unix time a kernel took it"},
         "finished": {"type": ["number", "null"], "description": "Unix time"},
         "progress": {"type": "string", "description": "What the cell has printed so far"},
         "location": {"type": "string"},
