@@ -5,8 +5,9 @@
 
 starts ``cellserve serve`` (``--workers`` too, if given), waits until it is ready, sends a
 few requests to every GET route without path parameters, then reads each process of the
-tree with psutil: RSS (resident, counting shared libraries in full) and USS (the memory
-that would be freed if that process alone exited). The sizing rule in the README uses USS
+tree with psutil: RSS (resident, counting shared libraries in full), USS (the memory
+that would be freed if that process alone exited) and VMS (address space, which
+``--kernel-memory-limit`` caps). The sizing rule in the README uses USS
 per process plus the RSS of the first process (the shared libraries, counted once).
 """
 
@@ -34,6 +35,7 @@ class ProcessMemory:
     pid: int
     rss: int
     uss: int
+    vms: int  # address space: what --kernel-memory-limit (RLIMIT_AS) counts
 
 
 def _free_port() -> int:
@@ -93,7 +95,7 @@ def measure_tree(root: psutil.Process) -> list[ProcessMemory]:
         else:
             role = "server"
         info = process.memory_full_info()
-        found.append(ProcessMemory(role, process.pid, info.rss, info.uss))
+        found.append(ProcessMemory(role, process.pid, info.rss, info.uss, info.vms))
     return found
 
 
@@ -127,9 +129,9 @@ def main() -> None:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=120)
     print(f"{args.notebook.name}: {args.workers} worker(s) x {args.kernels} kernel(s)")
-    print(f"{'role':8} {'pid':>8} {'RSS MiB':>9} {'USS MiB':>9}")
+    print(f"{'role':8} {'pid':>8} {'RSS MiB':>9} {'USS MiB':>9} {'VMS MiB':>9}")
     for p in processes:
-        print(f"{p.role:8} {p.pid:8} {p.rss / MIB:9.1f} {p.uss / MIB:9.1f}")
+        print(f"{p.role:8} {p.pid:8} {p.rss / MIB:9.1f} {p.uss / MIB:9.1f} {p.vms / MIB:9.1f}")
     for role in ("parent", "helper", "server", "kernel"):
         mine = [p for p in processes if p.role == role]
         if mine:

@@ -79,6 +79,13 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ),
     ("--max-jobs", "max_jobs", {"type": int}, "jobs kept, running or finished (default 100)"),
     (
+        "--kernel-memory-limit",
+        "kernel_memory_limit",
+        {},
+        "address space per local kernel, like 2G (Linux); a cell past it gets 503 and its "
+        "kernel is replaced",
+    ),
+    (
         "--drain-delay",
         "drain_delay",
         {"type": float},

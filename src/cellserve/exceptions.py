@@ -5,6 +5,7 @@ CellserveError
 ├── SeedError            a seed cell raised while a kernel was being prepared
 ├── KernelError          a kernel could not be started or stopped answering
 │   └── KernelDied       the kernel process exited mid-request
+│       └── KernelOutOfMemory  a cell failed an allocation under --kernel-memory-limit
 ├── RequestFailed        the pool could not run a request (every failure leaving the pool)
 │   ├── Unavailable      no kernel can take it now: 503 with Retry-After
 │   └── ExecutionTimeout the cell ran past its timeout and was interrupted: 504
@@ -71,6 +72,10 @@ class ExecutionTimeout(RequestFailed):
     """The cell ran past its timeout and was interrupted; answered with 504."""
 
     status = 504
+
+
+class KernelOutOfMemory(KernelDied):
+    """A memory-limited kernel failed an allocation; it is replaced like a dead kernel."""
 
 
 class SettingsError(CellserveError):

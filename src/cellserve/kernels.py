@@ -44,6 +44,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, PendingCall, StdoutSink
 from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
+from cellserve.memory_limit import check_allocation, limit_kernel_memory
 from cellserve.notebook import SeedCell
 
 logger = logging.getLogger("cellserve.kernels")
@@ -69,6 +70,7 @@ class KernelConfig:
     startup_timeout: float = 60.0
     seed_timeout: float | None = 600.0
     transport: str = "ipc"
+    memory_limit: int | None = None  # bytes of address space (memory_limit.py)
 
     @property
     def uses_dispatcher(self) -> bool:
@@ -129,6 +131,8 @@ class Kernel:
     async def start(cls, config: KernelConfig) -> Kernel:
         """Start a kernel process and wait until it answers."""
         manager = AsyncKernelManager(kernel_name=config.kernel_name, **_connection(config))
+        if config.memory_limit is not None:
+            limit_kernel_memory(manager, config.memory_limit)
         extra = ["--HistoryManager.enabled=False"] if config.is_python else []
         try:
             await manager.start_kernel(
@@ -150,7 +154,10 @@ class Kernel:
         except BaseException as exc:
             await kernel.shutdown()
             if isinstance(exc, Exception):
-                raise KernelError(f"kernel {config.kernel_name!r} did not start: {exc}") from exc
+                hint = " (is --kernel-memory-limit too low?)" if config.memory_limit else ""
+                raise KernelError(
+                    f"kernel {config.kernel_name!r} did not start: {exc}{hint}"
+                ) from exc
             raise
         return kernel
 
@@ -250,7 +257,15 @@ class Kernel:
     async def finish(
         self, pending: PendingCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
     ) -> CellOutcome:
-        """The answer to a begun call; TimeoutError past `timeout`, KernelDied if it exits."""
+        """The answer to a begun call; TimeoutError past `timeout`, KernelDied if it exits
+        (KernelOutOfMemory if the cell failed an allocation under a memory limit)."""
+        outcome = await self._finish(pending, timeout, on_stdout)
+        check_allocation(outcome, self.config.memory_limit)
+        return outcome
+
+    async def _finish(
+        self, pending: PendingCall, timeout: float | None, on_stdout: StdoutSink | None
+    ) -> CellOutcome:
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         call, key = pending.call, pending.key
         if pending.msg_id is not None:

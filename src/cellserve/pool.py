@@ -35,6 +35,7 @@ from cellserve.exceptions import (
     ExecutionTimeout,
     KernelDied,
     KernelError,
+    KernelOutOfMemory,
     SeedError,
     Unavailable,
 )
@@ -545,12 +546,12 @@ class Lease:
         except KernelError as exc:
             logger.warning("%s %s: %s; restarting the kernel", pool.label, call.route, exc)
             self._end(book.failed(request, str(exc)))
-            what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
-            raise Unavailable(
-                pool._message(
-                    call, f"the kernel running this request {what}; it is being restarted"
-                )
-            ) from exc
+            if isinstance(exc, KernelOutOfMemory):
+                reason = f"{exc}; its kernel is being replaced"
+            else:
+                what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
+                reason = f"the kernel running this request {what}; it is being restarted"
+            raise Unavailable(pool._message(call, reason)) from exc
         except BaseException:
             # Cancelled mid-cell (client gone, server stopping): the books interrupt the
             # kernel before anyone reuses it.

@@ -181,6 +181,7 @@ class NotebookService:
             startup_timeout=s.startup_timeout,
             seed_timeout=s.seed_timeout,
             transport=s.transport,
+            memory_limit=s.kernel_memory_limit,
         )
         limits = PoolLimits(
             size=s.kernels,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ class Settings:
     seed_output: bool = False
     transport: str = "ipc"
     drain_delay: float = 0.0
+    kernel_memory_limit: int | None = None
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
@@ -76,6 +78,15 @@ class Settings:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
         if self.workers < 1:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
+        if isinstance(self.kernel_memory_limit, str):  # "512M" from a flag or a keyword
+            try:
+                object.__setattr__(self, "kernel_memory_limit", to_bytes(self.kernel_memory_limit))
+            except ValueError as exc:
+                raise SettingsError(f"kernel_memory_limit: {exc}") from None
+        if self.kernel_memory_limit is not None and self.kernel_memory_limit <= 0:
+            raise SettingsError(
+                f"kernel_memory_limit must be positive, got {self.kernel_memory_limit}"
+            )
         if not (math.isfinite(self.drain_delay) and self.drain_delay >= 0):
             raise SettingsError(f"drain_delay must be 0 or more seconds, got {self.drain_delay}")
         if self.execution not in ("fast", "execute"):
@@ -164,7 +175,9 @@ def _convert(name: str, raw: str, variable: str) -> Any:
     if "None" in field_type and value.lower() in ("", "none", "off"):
         return None
     converter: Callable[[str], Any]
-    if "bool" in field_type:
+    if name == "kernel_memory_limit":
+        converter = to_bytes
+    elif "bool" in field_type:
         converter = _to_bool
     elif "Path" in field_type:
         converter = Path
@@ -197,3 +210,20 @@ def _to_bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("expected true or false")
+
+
+_SIZE = re.compile(r"(?i)(\d+(?:\.\d+)?)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)")
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def to_bytes(raw: str) -> int:
+    """Bytes from ``"1073741824"``, ``"512M"``, ``"1.5GiB"``... (K, M, G, T: powers of 1024).
+
+    >>> to_bytes("2G")
+    2147483648
+    """
+    found = _SIZE.fullmatch(raw.strip())
+    if found is None:
+        raise ValueError(f"{raw!r} is not a size in bytes or like 512M, 2G")
+    number, unit = found.groups()
+    return int(float(number) * _UNITS[unit[:1].lower()])
