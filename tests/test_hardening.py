@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from tests.servers import ServerThread, free_port, write_notebook
 
 TOKEN = "hardening-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_LINE = f"Authorization: Bearer {TOKEN}\r\n"
 LIMIT = 1000
 # A lone surrogate, sent as the JSON escape \ud800: any client can.
 SURROGATE = json.dumps({"name": "\ud800x"}).encode()
@@ -423,3 +426,39 @@ def _wait_ready(server: Process, url: str, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.1)
     pytest.fail(f"server not ready after {timeout} s:\n{server.output}")
+
+
+# -- found by the fuzz loop: answers that skip the body keep the connection usable -----------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "POST /no/such/route",  # 404
+        "DELETE /hello",  # 405
+        "POST /echo",  # 401: no token
+    ],
+)
+def test_connection_survives_an_answer_given_before_the_body_arrives(
+    fast: ServerThread, head: str
+) -> None:
+    """The body follows the headers late: the answer must not close the connection under
+    a client that then sends its next request on it."""
+    auth = "" if head == "POST /echo" else f"Authorization: Bearer {TOKEN}\r\n"
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=30) as sock:
+        sock.sendall(f"{head} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n{auth}\r\n".encode())
+        sock.settimeout(2)
+        try:
+            early = sock.recv(65536)  # a server that does not wait for the body answers now
+        except TimeoutError:
+            early = b""
+        sock.settimeout(30)
+        sock.sendall(
+            b"hello" + f"GET /hello HTTP/1.1\r\nHost: x\r\n{auth or AUTH_LINE}\r\n".encode()
+        )
+        received = early
+        while received.count(b"HTTP/1.1 ") < 2 and (chunk := sock.recv(65536)):
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert len(statuses) == 2, received
+    assert statuses[1] == b"200"

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cellserve.access import AccessLogMiddleware
 from cellserve.auth import RefuseWebSockets, TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
+from cellserve.draining import DrainRequestBody
 from cellserve.endpoint import serve_notebook_request
 from cellserve.exceptions import CellserveError
 from cellserve.jobs import Job, JobTable, JobWork, job_routes
@@ -355,7 +356,8 @@ def middleware_for(settings: Settings) -> list[Middleware]:
             AccessLogMiddleware,
             access_log=settings.access_log,
             mount_prefix=settings.mount_prefix,
-        )
+        ),
+        Middleware(DrainRequestBody),
     ]
     if settings.allow_origin:
         middleware.append(

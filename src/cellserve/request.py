@@ -93,7 +93,10 @@ def build_request_value(parts: RequestParts, *, token: str | None = None) -> dic
     if token is not None:
         headers.pop("Authorization", None)
         args.pop("token", None)
-        headers = {name: _without_token(value, token) for name, value in headers.items()}
+        headers = {
+            _without_token_text(name, token): _without_token(value, token)
+            for name, value in headers.items()
+        }
     content_type = headers.get("Content-Type", "")
     if isinstance(content_type, list):
         content_type = content_type[0]
@@ -184,7 +187,7 @@ def _text_codec(charset: str) -> str:
     """The codec for a text `charset`; BadRequest for unknown ones and bytes-to-bytes codecs."""
     try:
         info = codecs.lookup(charset)
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:  # ValueError: a NUL in the name
         raise BadRequest(f"unknown charset {charset!r} in Content-Type") from exc
     # base64, hex, zlib, rot13... are codecs.lookup()-able but do not turn bytes into text;
     # "undefined" turns nothing into text.
