@@ -220,10 +220,13 @@ def test_response_info_gives_valid_http_or_a_500_json_naming_the_route(
     response = build_response(
         CellOutcome(CellOutput(stdout=stdout), CellOutput(stdout=json.dumps(info))),
         None,
+        notebook="fuzz.ipynb",
         label="GET /fuzz",
     )
     if response.status_code == 500 and bytes(response.body).startswith(b'{"reason"'):
-        assert json.loads(bytes(response.body))["message"].startswith("ResponseInfo GET /fuzz: ")
+        assert json.loads(bytes(response.body))["message"].startswith(
+            "fuzz.ipynb ResponseInfo GET /fuzz: "
+        )
         return
     # h11, the HTTP/1.1 implementation under hypercorn, is the judge of what may go out.
     h11.Response(status_code=response.status_code, headers=response.raw_headers)
@@ -238,7 +241,9 @@ def test_any_cell_output_becomes_a_utf8_response(text: str, ename: str) -> None:
         CellOutput(displays=({"text/html": text},)),
         CellOutput(error=CellError(ename, text)),
     ):
-        response = build_response(CellOutcome(cell), "text/html", label="GET /fuzz")
+        response = build_response(
+            CellOutcome(cell), "text/html", notebook="fuzz.ipynb", label="GET /fuzz"
+        )
         bytes(response.body).decode("utf-8")
 
 
