@@ -17,6 +17,8 @@ import nbformat
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from cellserve.startup import ServerHooks
+
 Cell = str | tuple[str, str]
 
 
@@ -78,14 +80,20 @@ def _config(fd: int) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, *, ready_path: str = "/_cellserve/ready") -> AsyncIterator[str]:
-    """Serve `app` with hypercorn in this event loop; yield its base URL."""
+async def serving(app: Any) -> AsyncIterator[str]:
+    """Serve `app` with hypercorn in this event loop; yield its base URL once seeded."""
     fd, port = _bound_socket()
     stop = anyio.Event()
+    hooks = _server_hooks(app)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(app, _config(fd), shutdown_trigger=stop.wait))
         url = f"http://127.0.0.1:{port}"
         await _wait_until_listening(port)
+        with anyio.fail_after(120):
+            while hooks is not None and not hooks.ready:
+                if hooks.failures:
+                    raise RuntimeError(f"the app failed to start: {hooks.failures[0]}")
+                await anyio.sleep(0.02)
         try:
             yield url
         finally:
@@ -104,11 +112,33 @@ async def _wait_until_listening(port: int, timeout: float = 120.0) -> None:
                 return
 
 
+class _TestHooks(ServerHooks):
+    """A failed start is kept for the test to report, instead of ending the process."""
+
+    def __init__(self) -> None:
+        super().__init__(on_failure=self._record)
+        self.failures: list[BaseException] = []
+
+    def _record(self, error: BaseException) -> None:
+        self.failures.append(error)
+
+
+def _server_hooks(app: Any) -> _TestHooks | None:
+    """Install test hooks on a cellserve app served by a test (None for other apps)."""
+    state = getattr(app, "state", None)
+    if state is None or not isinstance(getattr(state, "cellserve_server", None), ServerHooks):
+        return None
+    hooks = _TestHooks()
+    state.cellserve_server = hooks
+    return hooks
+
+
 class ServerThread:
     """A hypercorn server for `app` in a thread of its own, for sync tests sharing a server."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.hooks = _server_hooks(app)
         self._fd, self.port = _bound_socket()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,11 +163,16 @@ class ServerThread:
         while time.monotonic() < deadline:
             if self._error is not None or not self._thread.is_alive():
                 raise RuntimeError(f"server failed to start: {self._error!r}")
+            if self.hooks is not None and self.hooks.failures:
+                raise RuntimeError(f"the app failed to start: {self.hooks.failures[0]}")
             try:
                 httpx.get(self.url + "/_cellserve/health", timeout=1)
-                return self
             except httpx.TransportError:
                 time.sleep(0.05)
+                continue
+            if self.hooks is None or self.hooks.ready:
+                return self
+            time.sleep(0.02)
         raise TimeoutError("server did not start")
 
     def stop(self) -> None:

@@ -16,8 +16,10 @@ import atexit
 import contextlib
 import os
 import signal
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,12 @@ from cellserve.jobs import Job, JobTable, JobWork, job_routes
 from cellserve.metrics import PoolSource, metrics_endpoint
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
 from cellserve.pool import KernelPool
-from cellserve.reload import reload_on_sighup
 from cellserve.response import error_response
 from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX, RouteMatch
 from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
+from cellserve.startup import ServerHooks, running
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -63,26 +65,30 @@ class CellserveApp:
         )
         self._start_lock = anyio.Lock()
         self._lazy_start: asyncio.Task[None] | None = None
-        self._start_error: BaseException | None = None
+        self.start_error: BaseException | None = None
+        self._starting_since: float | None = None
 
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Start the kernels, yield while serving, stop them all on exit.
+    async def run(self, started: anyio.Event) -> None:
+        """Run the notebook's service until it is stopped; set `started` once it serves.
 
-        A start-up failure is raised as itself (e.g. SeedError), not wrapped in the task
-        group's ExceptionGroup, so its message reaches the log and the 503 body.
+        A failed start is kept in `start_error` (as itself, not in an ExceptionGroup) for
+        the caller, the health endpoint and the 503 bodies.
         """
+        self._starting_since = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.service.run)
                 await tg.start(self.jobs.run)
-                try:
-                    yield
-                finally:
-                    self.jobs.close()  # cancels running jobs, interrupting their kernels
-                    self.service.stop()
-        except BaseExceptionGroup as group:
-            raise _sole_error(group) from None
+                started.set()
+        except Exception as exc:
+            if self.service.stopping and not self.service.started:
+                return  # stopped while starting (Ctrl-C, SIGTERM): not a failure
+            self.start_error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+
+    def stop(self) -> None:
+        """Stop serving: cancel running jobs (interrupting their kernels), stop the service."""
+        self.jobs.close()
+        self.service.stop()
 
     async def ensure_started(self) -> None:
         """Raise unless started; with ``start_on_first_request``, start now instead.
@@ -93,6 +99,10 @@ class CellserveApp:
         """
         if self.service.started:
             return
+        if self.start_error is not None:
+            raise self.start_error
+        if self._starting_since is not None and self._lazy_start is None:
+            raise Starting(self._progress())  # a server's lifespan is seeding it
         if not self.settings.start_on_first_request:
             raise CellserveError(
                 f"{self.service.label} is not started: compose cellserve.lifespan(app) into "
@@ -101,14 +111,14 @@ class CellserveApp:
         async with self._start_lock:
             if self.service.started:
                 return
-            if self._start_error is not None:
-                raise self._start_error
+            if self.start_error is not None:
+                raise self.start_error
             ready = asyncio.Event()
             self._lazy_start = asyncio.get_running_loop().create_task(self._run_lazily(ready))
             atexit.register(self._kill_kernels)
             await ready.wait()
-            if self._start_error is not None:
-                raise self._start_error
+            if self.start_error is not None:
+                raise self.start_error
 
     async def _run_lazily(self, ready: asyncio.Event) -> None:
         try:
@@ -116,9 +126,20 @@ class CellserveApp:
                 ready.set()
                 await anyio.sleep_forever()
         except Exception as exc:
-            self._start_error = exc
+            self.start_error = exc
         finally:
             ready.set()
+
+    def _progress(self) -> str:
+        """Where start-up is, for the 503 body of a request that came too early."""
+        seconds = time.monotonic() - (self._starting_since or time.monotonic())
+        pool = self.service.starting
+        kernels = ""
+        if pool is not None:
+            stats = pool.stats()
+            counts = Counter(kernel.state for kernel in stats.kernels)
+            kernels = "kernels: " + ", ".join(f"{n} {state}" for state, n in counts.items()) + "; "
+        return f"{self.service.label} is starting ({kernels}{seconds:.0f} s); retry shortly"
 
     def _kill_kernels(self) -> None:
         """Last resort at interpreter exit for a lazily started app: no orphan kernels."""
@@ -137,8 +158,7 @@ class CellserveApp:
             await self.ensure_started()
         except Exception as exc:
             where = f"{self.service.label} {scope['method']} {scope['path']}"
-            response = error_response(503, f"{where}: could not be started: {exc}")
-            await response(scope, receive, send)
+            await _unavailable(where, exc)(scope, receive, send)
             return
         with self.service.serving() as generation:
 
@@ -151,13 +171,7 @@ class CellserveApp:
 
     def health(self) -> dict[str, Any]:
         if not self.service.started:
-            return {
-                "status": "starting",
-                "pid": os.getpid(),
-                "generation": 0,
-                "kernels": {},
-                "queue": 0,
-            }
+            return self._starting_health()
         generation = self.service.current
         stats = generation.pool.stats()
         counts = {state.value: stats.count(state) for state in KernelState}
@@ -176,14 +190,36 @@ class CellserveApp:
             "stats": asdict(stats),
         }
 
+    def _starting_health(self) -> dict[str, Any]:
+        """Health before the first generation serves: progress, or why it failed."""
+        body: dict[str, Any] = {
+            "status": "failed" if self.start_error is not None else "starting",
+            "pid": os.getpid(),
+            "notebook": self.service.path.name,
+            "generation": 0,
+            "kernels": {},
+            "queue": 0,
+        }
+        if self._starting_since is not None:
+            body["starting_seconds"] = round(time.monotonic() - self._starting_since, 1)
+        if self.start_error is not None:
+            body["error"] = str(self.start_error)
+        pool = self.service.starting
+        if pool is not None:
+            stats = pool.stats()
+            body["kernels"] = dict(Counter(kernel.state for kernel in stats.kernels))
+            body["stats"] = asdict(stats)
+        return body
+
     def status(self) -> tuple[bool, dict[str, Any]]:
         health = self.health()
         return health["status"] == "ok", health
 
     def pools(self) -> list[tuple[str, int, KernelPool]]:
-        """``(notebook, generation, pool)`` for the pool serving now, for the metrics."""
+        """``(notebook, generation, pool)`` for the pool serving (or starting) now."""
         if not self.service.started:
-            return []
+            pool = self.service.starting
+            return [] if pool is None else [(self.service.label, 0, pool)]
         generation = self.service.current
         return [(self.service.label, generation.number, generation.pool)]
 
@@ -191,19 +227,17 @@ class CellserveApp:
         return [Section(prefix, self.service.current.api)] if self.service.started else []
 
 
-@asynccontextmanager
-async def running(states: Sequence[CellserveApp]) -> AsyncIterator[None]:
-    """Run every one of `states` and one SIGHUP receiver reloading them all."""
-    async with AsyncExitStack() as stack:
-        for state in states:
-            await stack.enter_async_context(state.running())
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(reload_on_sighup, [state.service for state in states], stop)
-            try:
-                yield
-            finally:
-                stop.set()
+class Starting(CellserveError):
+    """The notebook is still being seeded; answered with 503 and Retry-After."""
+
+
+STARTING_RETRY_AFTER = 2
+
+
+def _unavailable(label: str, error: Exception) -> Response:
+    if isinstance(error, Starting):
+        return error_response(503, str(error), {"Retry-After": str(STARTING_RETRY_AFTER)})
+    return error_response(503, f"{label} could not be started: {error}")
 
 
 def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -247,7 +281,7 @@ def _needs_service(
         try:
             await state.ensure_started()
         except Exception as exc:
-            return error_response(503, f"{state.service.label} could not be started: {exc}")
+            return _unavailable(state.service.label, exc)
         return await endpoint(request)
 
     return guarded
@@ -334,13 +368,15 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(404, f"no route for {scope['path']}")(scope, receive, send)
 
 
-def mounted_app(
-    router: Router,
-    settings: Settings,
-    lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]],
-) -> Starlette:
-    """The top-level app: `router` at the base URL, with the middleware and `lifespan`."""
-    app = Starlette(middleware=middleware_for(settings), lifespan=lifespan)
+def mounted_app(router: Router, settings: Settings, states: Sequence[CellserveApp]) -> Starlette:
+    """The top-level app: `router` at the base URL, with the middleware, and a lifespan that
+    runs `states` listening first (see startup.py); ``app.state.cellserve_server`` says how
+    the server wants a failed start reported."""
+    app = Starlette(
+        middleware=middleware_for(settings),
+        lifespan=lambda app: running(states, server=app.state.cellserve_server),
+    )
+    app.state.cellserve_server = ServerHooks()
     if settings.mount_prefix:
         app.router.routes.append(Mount(settings.mount_prefix, app=router))
         app.router.default = not_found
@@ -392,7 +428,7 @@ def app_from_notebook(path: str | os.PathLike[str], **options: Any) -> Starlette
     """
     settings = Settings.load(**options)
     state = CellserveApp(Path(path), settings)
-    app = mounted_app(notebook_routes(state), settings, lambda _: running([state]))
+    app = mounted_app(notebook_routes(state), settings, [state])
     app.state.cellserve = state
     return app
 

@@ -17,10 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
+import anyio
+
 from cellserve.commands import add_commands
 from cellserve.exceptions import CellserveError, SettingsError
 from cellserve.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from cellserve.settings import DEFAULT_PORT, Settings, env_names
+from cellserve.startup import ServerHooks
 
 logger = logging.getLogger("cellserve")
 
@@ -309,7 +312,7 @@ def _url(settings: Settings, listener: socket.socket) -> str:
 
 
 def _log_start(url: str) -> None:
-    logger.info("starting kernels; the API will be at %s/ (docs: %s/docs)", url, url)
+    logger.info("listening on %s/; starting kernels", url)
 
 
 def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
@@ -320,22 +323,41 @@ def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
 
     url = _url(settings, listener)
     config = _hypercorn_config(settings, listener)
+    hooks: ServerHooks = app.state.cellserve_server
+    hooks.url = url
+    failures: list[BaseException] = []
+    failed = asyncio.Event()
+
+    def start_failed(error: BaseException) -> None:
+        failures.append(error)  # every kernel is stopped already
+        failed.set()
+
+    hooks.on_failure = start_failed
     drain = Drain()
     app = DrainMiddleware(app, drain)
     signals = (signal.SIGINT, signal.SIGTERM)
+
+    async def until_stopped() -> None:
+        """A signal (after the drain delay), or a failed start (at once)."""
+        async with anyio.create_task_group() as tg:
+
+            async def on_failure() -> None:
+                await failed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_failure)
+            await stop_after_drain(drain, settings.drain_delay, signals)
+            tg.cancel_scope.cancel()
+
     _log_start(url)
     try:
-        _run(
-            serve(
-                app,
-                config,
-                shutdown_trigger=lambda: stop_after_drain(drain, settings.drain_delay, signals),
-            )
-        )
+        _run(serve(app, config, shutdown_trigger=until_stopped))
     except LifespanFailureError as exc:
-        if drain.signal is not None:
-            return 128 + drain.signal
-        return _fail(f"start-up failed: {_last_line(str(exc))}", 1)
+        failures.append(CellserveError(_last_line(str(exc))))
+    if failures:
+        return _fail(f"start-up failed: {failures[0]}", 1)
+    if drain.signal is not None and not hooks.ready:
+        return 128 + drain.signal  # stopped while starting: 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 

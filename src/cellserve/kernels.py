@@ -49,6 +49,9 @@ from cellserve.notebook import SeedCell
 
 logger = logging.getLogger("cellserve.kernels")
 
+# nbclient's own lines repeat what SeedError says (or, while stopping, are noise).
+_NBCLIENT_LOG = logging.getLogger("cellserve.kernels.nbclient")
+_NBCLIENT_LOG.setLevel(logging.CRITICAL)
 _COMM_TARGET = "cellserve.dispatch"
 _POLL_SECONDS = 0.25
 _HIDDEN_ENV = ("KG_AUTH_TOKEN", "CELLSERVE_AUTH_TOKEN")
@@ -71,6 +74,10 @@ class KernelConfig:
     seed_timeout: float | None = 600.0
     transport: str = "ipc"
     memory_limit: int | None = None  # bytes of address space (memory_limit.py)
+    label: str = "notebook"
+    """The notebook's name in log lines."""
+    seed_output: bool = False
+    """Log what seed cells print at INFO (always at DEBUG)."""
 
     @property
     def uses_dispatcher(self) -> bool:
@@ -184,14 +191,23 @@ class Kernel:
         cells = [nbformat.v4.new_code_cell(s.source) for s in seeds]  # type: ignore[no-untyped-call]
         notebook = nbformat.v4.new_notebook(cells=cells)  # type: ignore[no-untyped-call]
         runner = NotebookClient(
-            notebook, km=self._manager, timeout=self.config.seed_timeout, allow_errors=False
+            notebook,
+            km=self._manager,
+            timeout=self.config.seed_timeout,
+            allow_errors=False,
+            log=_NBCLIENT_LOG,
         )
         runner.kc = self._client
         for index, (seed, cell) in enumerate(zip(seeds, notebook.cells, strict=True)):
             if on_cell is not None:
                 on_cell(index + 1, len(seeds))
+            where = f"{self.config.label} kernel {self.id}: seed cell {seed.number}"
+            logger.info("%s (%d of %d) running", where, index + 1, len(seeds))
+            started = time.monotonic()
             try:
                 await runner.async_execute_cell(cell, index, store_history=False)
+                logger.info("%s done in %.2f s", where, time.monotonic() - started)
+                self._log_seed_output(where, cell)
             except CellExecutionError as exc:
                 raise SeedError(
                     f"seed cell {seed.number} raised {exc.ename}: {exc.evalue}",
@@ -212,6 +228,15 @@ class Kernel:
                 ) from exc
         if self.config.is_python:
             await self._install_dispatcher()
+
+    def _log_seed_output(self, where: str, cell: Any) -> None:
+        level = logging.INFO if self.config.seed_output else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        for output in cell.get("outputs", ()):
+            if output.get("output_type") == "stream":
+                for line in str(output.get("text", "")).splitlines():
+                    logger.log(level, "%s printed: %s", where, line)
 
     async def _install_dispatcher(self) -> None:
         """Make the kernel's output always encodable; in fast mode, install the dispatcher."""

@@ -25,7 +25,6 @@ from cellserve.app import (
     mounted_app,
     not_found,
     notebook_routes,
-    running,
     status_routes,
 )
 from cellserve.docs import docs_assets, docs_page
@@ -100,6 +99,6 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         *(Mount(f"/{prefix}", app=notebook_routes(state)) for prefix, state in states.items()),
     ]
     router = Router(routes=routes, default=not_found)
-    app = mounted_app(router, settings, lambda _: running(list(states.values())))
+    app = mounted_app(router, settings, list(states.values()))
     app.state.cellserve_notebooks = states
     return app

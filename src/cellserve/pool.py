@@ -349,7 +349,8 @@ class KernelPool:
             fatal = self._seed_seconds[index] is None and isinstance(error, SeedError)
             if fatal:
                 assert isinstance(error, SeedError)
-                logger.error("%s: %s\n%s", self.label, error, error.traceback)
+                # Reported once by whoever started the pool; the cell's traceback is detail.
+                logger.debug("%s: %s\n%s", self.label, error, error.traceback)
                 self._fail_startup(error)
             effects = self._book.start_failed(index, str(error), fatal=fatal)
             self._apply(effects)

@@ -93,6 +93,8 @@ class NotebookService:
         self._tg: TaskGroup | None = None
         self._numbers = 0
         self._pins = _Pins()
+        self.starting: KernelPool | None = None
+        """The pool being started and seeded, until the first generation is served."""
 
     @property
     def current(self) -> Generation:
@@ -103,6 +105,10 @@ class NotebookService:
     @property
     def started(self) -> bool:
         return self._current is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     @contextmanager
     def serving(self) -> Iterator[Generation]:
@@ -128,10 +134,16 @@ class NotebookService:
         text = await self._read()
         api = self._parse(text)
         self._text = text
+        if self._stop.is_set():
+            return
         async with anyio.create_task_group() as tg:
             self._tg = tg
             pool = self._new_pool(api)
-            await tg.start(pool.run)
+            self.starting = pool
+            try:
+                await tg.start(pool.run)
+            finally:
+                self.starting = None
             self._current = self._generation(api, pool)
             for warning in api.warnings:
                 logger.warning("%s", warning)
@@ -152,7 +164,10 @@ class NotebookService:
             tg.cancel_scope.cancel()
 
     def stop(self) -> None:
+        """Stop serving; while still starting, stop seeding at once (no kernel is kept)."""
         self._stop.set()
+        if self._current is None and self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
     async def _read(self) -> str:
         try:
@@ -182,6 +197,8 @@ class NotebookService:
             seed_timeout=s.seed_timeout,
             transport=s.transport,
             memory_limit=s.kernel_memory_limit,
+            label=self.label,
+            seed_output=s.seed_output,
         )
         limits = PoolLimits(
             size=s.kernels,
@@ -207,6 +224,8 @@ class NotebookService:
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Re-read the notebook and apply the smallest change; never raises for bad input."""
+        if not self.started:
+            return ReloadResult(Change.NONE, 0, 0.0, f"{self.label} is still starting")
         async with self._lock:
             started = time.monotonic()
             old = self.current
