@@ -12,6 +12,7 @@ that breaks the route's declaration are answered without one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from urllib.parse import unquote
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.cells import CellCall
-from cellserve.exceptions import RequestFailed
+from cellserve.exceptions import KernelError, RequestFailed
 from cellserve.jobs import Job, SubmitJob, accepted_response
 from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.request import INLINE_BODY_LIMIT, BadRequest, RequestParts, build_request
@@ -32,6 +33,8 @@ from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
 from cellserve.syntax import CellSyntaxError
 from cellserve.validation import Problem, apply_contract
+
+logger = logging.getLogger("cellserve.endpoint")
 
 
 class _ClientGone(Exception):
@@ -179,6 +182,8 @@ async def _answer(
                 on_stdout = job.add_progress
             outcome = await lease.run(timeout=timeout, on_stdout=on_stdout)
     except RequestFailed as exc:
+        if not isinstance(exc.__cause__, KernelError):  # a lost kernel is logged by the pool
+            logger.warning("%d: %s", exc.status, exc)  # timeouts and refusals, once each
         return failure_response(exc)
     if outcome.cell.error is not None:
         log_cell_error(generation.pool.label, label, outcome.cell.error)

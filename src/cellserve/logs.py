@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -192,12 +193,13 @@ def ensure_logging() -> None:
     """Show cellserve's own lines when nobody configured logging (e.g. ``hypercorn mod:app``).
 
     Python's default would print only warnings, so an operator would see no start-up progress.
+    ``CELLSERVE_LOG_FORMAT=json`` chooses JSON lines there too.
     """
     package = logging.getLogger("cellserve")
     if logging.getLogger().handlers or package.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter())
+    handler.setFormatter(formatter_for(os.environ.get("CELLSERVE_LOG_FORMAT", "text").lower()))
     package.addHandler(handler)
     if package.level == logging.NOTSET:
         package.setLevel(logging.INFO)

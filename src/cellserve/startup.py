@@ -28,6 +28,7 @@ from typing import Protocol
 import anyio
 
 from cellserve.exceptions import CellserveError
+from cellserve.logs import ensure_logging
 from cellserve.metrics import track_pools
 from cellserve.pool import KernelPool
 from cellserve.reload import reload_on_sighup
@@ -118,6 +119,8 @@ async def running(
     With `server`, yield at once (listen first) and report a failed start through it;
     without, yield once every notebook has started, or raise the first start-up error.
     """
+    if server is not None:
+        ensure_logging()
     stop = anyio.Event()
     failed = anyio.Event()
     started = [anyio.Event() for _ in notebooks]
