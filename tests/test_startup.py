@@ -67,7 +67,10 @@ def test_listens_at_once_and_shows_progress_until_seeded(
     health = httpx.get(url + "/_cellserve/health", timeout=5).json()
     assert health["status"] == "starting"
     assert health["starting_seconds"] >= 0
-    assert [k["state"] for k in health["stats"]["kernels"]] == ["starting"]
+    [kernel] = health["stats"]["kernels"]
+    assert (kernel["state"], kernel["seed_cell"], kernel["seed_cells"]) == ("seeding", 1, 2)
+    assert kernel["state_seconds"] >= 0
+    assert health["kernels"] == {"seeding": 1}
     assert httpx.get(url + "/_cellserve/ready", timeout=5).status_code == 503
     early = httpx.get(url + "/x", timeout=5)
     assert early.status_code == 503

@@ -345,6 +345,9 @@ class KernelPool:
                     self._apply(self._book.kernel_ready(index, kernel))
                     self._settled.set()
                     return kernel
+            # Stopped while starting, the kernel may die under the seed before the cancellation
+            # arrives: then it is the cancellation, not a failure to report.
+            await anyio.lowlevel.checkpoint()
             # A seed error before the slot ever had a kernel ready is the notebook's fault.
             fatal = self._seed_seconds[index] is None and isinstance(error, SeedError)
             if fatal:
