@@ -286,6 +286,41 @@ async def test_kernel_protocol_error_is_a_503_naming_the_route_and_the_kernel_is
         await eventually(lambda: len(factory.kernels) == 2 and state(pool) == "idle")
 
 
+async def test_unexpected_error_from_a_kernel_is_a_503_and_the_kernel_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    factory = FakeFactory()
+    factory.prepare = lambda k: setattr(k, "finish_error", OSError("socket closed"))
+    async with running(factory) as pool:
+        with pytest.raises(Unavailable, match=r"^api.ipynb GET /x: .*failed unexpectedly"):
+            await execute(pool, call())
+        await eventually(lambda: len(factory.kernels) == 2 and state(pool) == "idle")
+    assert any(r.exc_info and "socket closed" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_a_failing_stdout_sink_is_the_callers_error_and_only_interrupts_the_kernel() -> None:
+    factory = FakeFactory()
+
+    async def client_gone(_: str) -> None:
+        raise ConnectionResetError("client went away")
+
+    async with running(factory) as pool:
+        kernel = kernel_of(factory)
+
+        async def answer_soon() -> None:
+            await eventually(lambda: len(kernel.calls) == 1)
+            kernel.answer("partial\n")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_soon)
+            with pytest.raises(ConnectionResetError):
+                async with pool.lease(call()) as lease:
+                    await lease.run(on_stdout=client_gone)
+        await eventually(lambda: kernel.interrupts == 1 and state(pool) == "idle")
+        assert len(factory.kernels) == 1
+    assert pool.stats().endings["abandoned"] == 1
+
+
 async def test_idle_kernel_that_dies_is_noticed_and_replaced_before_the_next_request() -> None:
     factory = FakeFactory()
     async with running(factory) as pool, anyio.create_task_group() as tg:

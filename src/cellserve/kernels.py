@@ -414,6 +414,8 @@ class Kernel:
                 if not await self.is_alive():
                     raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
                 continue
+            except zmq.ZMQError as exc:
+                raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
             if skip_status and frames[0].endswith(b".status"):
                 continue
             _, message = session.feed_identities(frames)

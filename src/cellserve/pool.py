@@ -539,21 +539,33 @@ class Lease:
         pool, request, book = self._pool, self._request, self._pool._book
         call = request.call
         timeout = timeout if timeout is not None else pool.limits.timeout
+        sink = _Sink(on_stdout) if on_stdout is not None else None
         try:
             pending = request.pending or self.kernel.begin(call)
-            outcome = await self.kernel.finish(pending, timeout=timeout, on_stdout=on_stdout)
+            outcome = await self.kernel.finish(
+                pending, timeout=timeout, on_stdout=sink.write if sink else None
+            )
         except TimeoutError:
             self._end(book.timed_out(request))
             raise ExecutionTimeout(
                 pool._message(call, f"the cell ran longer than {timeout} s and was interrupted")
             ) from None
-        except KernelError as exc:
-            logger.warning("%s %s: %s; restarting the kernel", pool.label, call.route, exc)
+        except Exception as exc:
+            if sink is not None and sink.failed:
+                # The caller's own stdout sink failed (e.g. the client is gone): not the
+                # kernel's fault, so interrupt it and let the caller's error through.
+                self._end(book.leave(request, Ending.ABANDONED))
+                raise
+            if isinstance(exc, KernelError):
+                logger.warning("%s %s: %s; restarting the kernel", pool.label, call.route, exc)
+                what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
+            else:  # a bug or an untranslated error at the Jupyter boundary
+                logger.exception("%s %s: unexpected kernel error", pool.label, call.route)
+                what = f"failed unexpectedly ({exc!r})"
             self._end(book.failed(request, str(exc)))
             if isinstance(exc, KernelOutOfMemory):
                 reason = f"{exc}; its kernel is being replaced"
             else:
-                what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
                 reason = f"the kernel running this request {what}; it is being restarted"
             raise Unavailable(pool._message(call, reason)) from exc
         except BaseException:
@@ -567,6 +579,21 @@ class Lease:
     def _end(self, effects: list[Effect[KernelHandle, _Request]]) -> None:
         self.ended = True
         self._pool._apply(effects)
+
+
+class _Sink:
+    """A caller's stdout sink that remembers whether it failed."""
+
+    def __init__(self, write: StdoutSink) -> None:
+        self._write = write
+        self.failed = False
+
+    async def write(self, text: str) -> None:
+        try:
+            await self._write(text)
+        except Exception:
+            self.failed = True
+            raise
 
 
 _NO_KERNEL = "no kernel is available: every kernel failed to start"
