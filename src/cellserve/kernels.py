@@ -240,9 +240,7 @@ class Kernel:
 
     async def _install_dispatcher(self) -> None:
         """Make the kernel's output always encodable; in fast mode, install the dispatcher."""
-        package = resources.files("cellserve")
-        common = package.joinpath("dispatch_common.py").read_text("utf-8")
-        source = package.joinpath("kernel_dispatch.py").read_text("utf-8")
+        common, source = await anyio.to_thread.run_sync(_dispatcher_sources)
         install = (
             f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, "
             f"{self.config.max_output_chars})\n"
@@ -483,6 +481,14 @@ def _connection(config: KernelConfig) -> dict[str, str]:
     if config.transport == "ipc":
         files |= {"transport": "ipc", "ip": f"{stem}-ipc"}
     return files
+
+
+@functools.cache
+def _dispatcher_sources() -> tuple[str, str]:
+    """The source sent to each kernel: ``dispatch_common.py``, then ``kernel_dispatch.py``."""
+    package = resources.files("cellserve")
+    common = package.joinpath("dispatch_common.py").read_text("utf-8")
+    return common, package.joinpath("kernel_dispatch.py").read_text("utf-8")
 
 
 def _code_key(source: str) -> str:
