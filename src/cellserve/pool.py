@@ -373,9 +373,18 @@ class KernelPool:
             await anyio.sleep(retry.delay)
 
     def _after_slot_gave_up(self, error: CellserveError) -> None:
-        if self._book.all_failed:
+        if not self._book.all_failed:
+            return
+        if self._settled.is_set():  # it served before: say what the operator can do now
+            logger.error(
+                "%s: every kernel slot failed and was given up (last error: %s); requests "
+                "get 503 and /_cellserve/ready says so until the server is restarted",
+                self.label,
+                error,
+            )
+        else:
             logger.error("%s: %s", self.label, _NO_KERNEL)
-            self._fail_startup(error)
+        self._fail_startup(error)
 
     async def _tend(self, index: int, kernel: KernelHandle) -> None:
         """Interrupt `kernel` when the books say so and check that it lives, until the books
