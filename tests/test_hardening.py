@@ -7,24 +7,30 @@ which protection.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import random
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 import cellserve.request
 from cellserve import app_from_notebook, app_from_notebooks
 from tests.processes import CELLSERVE, Process
-from tests.servers import ServerThread, free_port, write_notebook
+from tests.servers import ServerThread, free_port, serving, write_notebook
 
 TOKEN = "hardening-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -462,3 +468,82 @@ def test_connection_survives_an_answer_given_before_the_body_arrives(
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
     assert len(statuses) == 2, received
     assert statuses[1] == b"200"
+
+
+# -- 2 and 10. kernels that exit during or right after a request ----------------------------
+
+EXIT_CELLS = [
+    "import os, time",
+    "# GET /exit\nprint('bye')\nexit()",
+    "# GET /quit\nquit()",
+    "# GET /work\ntime.sleep(0.02)\nprint(os.getpid())",
+]
+
+
+@pytest.mark.parametrize("execution", ["fast", "execute"])
+def test_exit_in_a_cell_never_costs_the_next_request(tmp_path: Path, execution: str) -> None:
+    """``exit()`` answers its own request; the kernel is replaced before it takes another,
+    so the next, unrelated request is served (it used to die with the exiting kernel)."""
+    path = write_notebook(tmp_path / "exit.ipynb", EXIT_CELLS)
+    app = app_from_notebook(path, kernels=1, timeout=60, execution=execution)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        pids = set()
+        for route in ("/exit", "/quit", "/exit"):
+            answered = client.get(route)
+            assert answered.status_code in (200, 503), answered.text
+            if answered.status_code == 503:
+                assert answered.json()["message"]
+            following = client.get("/work")
+            assert following.status_code == 200, (route, following.text)
+            pids.add(following.text)
+        assert len(pids) == 3  # each exit() was followed by a fresh kernel
+
+
+@pytest.mark.anyio
+async def test_kills_under_load_get_json_answers_never_an_empty_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kill -9 of a kernel, ten times, with four clients at work (and exit() calls among
+    them): every request gets a documented answer with a reason, and no error escapes the
+    app to hypercorn (which would send an empty 500)."""
+    path = write_notebook(tmp_path / "kill.ipynb", EXIT_CELLS)
+    app = app_from_notebook(path, kernels=2, timeout=60, queue_timeout=60)
+    answers: list[httpx.Response] = []
+    stop = anyio.Event()
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def work() -> None:
+            while not stop.is_set():
+                answers.append(await client.get("/exit" if len(answers) % 17 == 0 else "/work"))
+
+        async def restarts() -> int:
+            stats = (await client.get("/_cellserve/health")).json()["stats"]
+            return sum(kernel["restarts"] for kernel in stats["kernels"])
+
+        with anyio.fail_after(240):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(work)
+                kills = 0
+                while kills < 10:
+                    before = await restarts()
+                    health = (await client.get("/_cellserve/health")).json()
+                    pids = [k["pid"] for k in health["stats"]["kernels"] if k["pid"]]
+                    if not pids:
+                        await anyio.sleep(0.01)
+                        continue
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(random.choice(pids), signal.SIGKILL)
+                        kills += 1
+                    while await restarts() == before:
+                        await anyio.sleep(0.05)
+                stop.set()
+        final = await client.get("/work")
+    assert final.status_code == 200
+    statuses = Counter(answer.status_code for answer in answers)
+    assert set(statuses) <= {200, 503}, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["message"], answer.text
+    escaped = [r for r in caplog.records if r.name.startswith("hypercorn") and r.levelno >= 40]
+    assert escaped == []
