@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cellserve import metrics
 from cellserve.logs import RequestContext, enter_request, leave_request, request_id_from
+from cellserve.routing import RESERVED_PREFIXES
 
 logger = logging.getLogger("cellserve.access")
 
@@ -23,7 +24,7 @@ CLIENT_CLOSED = 499
 
 # cellserve's own paths get their path as route label; anything unmatched gets "" so that
 # scanners cannot grow the metrics without bound.
-_OWN_PREFIXES = ("/_cellserve/", "/_api/", "/docs", "/openapi.json")
+_OWN_PREFIXES = (*(f"{prefix}/" for prefix in RESERVED_PREFIXES), "/docs", "/openapi.json")
 
 
 class AccessLogMiddleware:
