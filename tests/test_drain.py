@@ -1,5 +1,5 @@
-"""Graceful drain: the middleware alone, then two real replicas behind a readiness-checking
-proxy, restarted in turn.
+"""Graceful drain: the ready route and the middleware, then two real replicas behind a
+readiness-checking proxy, restarted in turn.
 
 A rolling restart as Kubernetes does it (maxSurge 1, maxUnavailable 0): start a new replica,
 wait until it is ready, SIGTERM an old one; repeat for the other. Steady load goes through
@@ -21,11 +21,14 @@ import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from cellserve.drain import Drain, DrainMiddleware
+from cellserve.app import status_routes
+from cellserve.auth import TokenAuthMiddleware
+from cellserve.shutdown import Drain, DrainMiddleware
 from tests.balancer import RoundRobinProxy
 from tests.processes import CELLSERVE, Process, assert_gone
 from tests.servers import free_port, serving
@@ -190,28 +193,29 @@ async def _health_is(replica: Replica, client: httpx.AsyncClient, key: str, valu
 
 
 @pytest.mark.anyio
-async def test_drain_middleware_turns_ready_to_503_keeps_auth_and_closes_connections() -> None:
-    async def ready(request: Request) -> Response:
-        if request.headers.get("authorization") != "token t":
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
-        return JSONResponse({"status": "ok", "pid": 1})
+async def test_draining_turns_ready_to_503_after_auth_and_closes_connections() -> None:
+    """cellserve's own ready route, behind auth, with the drain middleware around the app."""
 
     async def hello(_: Request) -> Response:
         return PlainTextResponse("hi", headers={"Connection": "keep-alive"})
 
-    inner = Starlette(routes=[Route("/base/_cellserve/ready", ready), Route("/hello", hello)])
+    ready = status_routes(lambda: (True, {"status": "ok", "pid": 1}), list)
+    inner = Starlette(
+        routes=[*ready, Route("/hello", hello)],
+        middleware=[Middleware(TokenAuthMiddleware, token="t")],
+    )
     drain = Drain()
     transport = httpx.ASGITransport(app=DrainMiddleware(inner, drain))
-    auth = {"Authorization": "token t"}
+    auth = {"Authorization": "Bearer t"}
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        assert (await client.get("/base/_cellserve/ready", headers=auth)).status_code == 200
-        assert (await client.get("/hello")).headers["connection"] == "keep-alive"
+        assert (await client.get("/_cellserve/ready", headers=auth)).status_code == 200
+        assert (await client.get("/hello", headers=auth)).headers["connection"] == "keep-alive"
         drain.begin()
-        answer = await client.get("/base/_cellserve/ready", headers=auth)
+        answer = await client.get("/_cellserve/ready", headers=auth)
         assert answer.status_code == 503
         assert answer.json() == {"status": "draining", "pid": 1}
-        assert answer.headers["content-length"] == str(len(answer.content))
-        assert (await client.get("/base/_cellserve/ready")).status_code == 401
-        hello_answer = await client.get("/hello")
+        assert answer.headers["connection"] == "close"
+        assert (await client.get("/_cellserve/ready")).status_code == 401  # auth still first
+        hello_answer = await client.get("/hello", headers=auth)
         assert hello_answer.text == "hi"
         assert hello_answer.headers.get_list("connection") == ["close"]

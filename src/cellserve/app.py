@@ -49,6 +49,7 @@ from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX, RouteMatch
 from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
+from cellserve.shutdown import draining
 from cellserve.startup import ServerHooks, running
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
@@ -261,8 +262,10 @@ def status_routes(status: Status, pools: PoolSource) -> list[BaseRoute]:
     async def health(_: Request) -> Response:
         return JSONResponse(status()[1])
 
-    async def ready(_: Request) -> Response:
+    async def ready(request: Request) -> Response:
         ok, body = status()
+        if draining(request.scope):  # stopping: leave the load balancer's rotation first
+            ok, body = False, {**body, "status": "draining"}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return [

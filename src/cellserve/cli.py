@@ -319,7 +319,7 @@ def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.utils import LifespanFailureError
 
-    from cellserve.drain import Drain, DrainMiddleware, stop_after_drain
+    from cellserve.shutdown import Drain, DrainMiddleware, stop_after_drain
 
     url = _url(settings, listener)
     config = _hypercorn_config(settings, listener)

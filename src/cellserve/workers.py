@@ -8,7 +8,7 @@ it has its own kernels (N times ``--kernels`` in all), its own queue and its own
 
 The parent only supervises:
 
-* SIGINT or SIGTERM sets the shared stop event; every worker then drains (``drain.py``:
+* SIGINT or SIGTERM sets the shared stop event; every worker then drains (``shutdown.py``:
   ``/ready`` answers 503 from that moment), stops, finishing its requests within the
   shutdown grace, and stops its kernels; the parent waits for them. Workers ignore SIGINT,
   so Ctrl-C in a terminal, which reaches the whole process group, stops them through the
@@ -38,9 +38,9 @@ from multiprocessing.synchronize import Event
 from types import FrameType
 from typing import Any
 
-from cellserve.drain import Drain, DrainMiddleware, stop_after_drain
 from cellserve.metrics import MULTIPROCESS_ENV
 from cellserve.settings import Settings
+from cellserve.shutdown import Drain, DrainMiddleware, stop_after_drain
 
 logger = logging.getLogger("cellserve.workers")
 

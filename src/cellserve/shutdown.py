@@ -1,4 +1,6 @@
-"""Graceful drain: leave a load balancer's rotation before closing the door.
+"""Graceful shutdown: drain, leaving a load balancer's rotation before closing the door.
+
+(``draining.py`` is another thing: it drains unread request *bodies*.)
 
 On SIGTERM (or SIGINT) ``cellserve serve``:
 
@@ -16,7 +18,6 @@ by plain hypercorn, or mounted elsewhere, stops the way its server stops it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Callable
@@ -24,11 +25,9 @@ from collections.abc import Callable
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cellserve.routing import ADMIN_PREFIX
+logger = logging.getLogger("cellserve.shutdown")
 
-logger = logging.getLogger("cellserve.drain")
-
-_READY_SUFFIX = f"{ADMIN_PREFIX}/ready"
+_SCOPE_KEY = "cellserve.draining"
 _POLL_SECONDS = 0.1
 
 
@@ -94,11 +93,9 @@ async def stop_after_drain(
 
 
 class DrainMiddleware:
-    """While draining: ``/_cellserve/ready`` answers 503, other answers close their connection.
-
-    The ready endpoint still runs (so auth still applies); only a 200 becomes a 503, with
-    ``"status": "draining"`` in its body.
-    """
+    """While draining: mark each request's scope (so ``/_cellserve/ready`` answers 503, after
+    auth and inside the access log like any answer) and close each connection after its
+    response."""
 
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
         self.app = app
@@ -107,10 +104,13 @@ class DrainMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.drain.begun:
             await self.app(scope, receive, send)
-        elif scope["path"].endswith(_READY_SUFFIX):
-            await self.app(scope, receive, _NotReady(send))
         else:
-            await self.app(scope, receive, _closing(send))
+            await self.app({**scope, _SCOPE_KEY: True}, receive, _closing(send))
+
+
+def draining(scope: Scope) -> bool:
+    """Whether the server answering this request is draining (see ``DrainMiddleware``)."""
+    return bool(scope.get(_SCOPE_KEY, False))
 
 
 def _closing(send: Send) -> Send:
@@ -121,37 +121,3 @@ def _closing(send: Send) -> Send:
         await send(message)
 
     return send_closing
-
-
-class _NotReady:
-    """Turns a 200 readiness answer into 503 ``draining``; passes anything else through."""
-
-    def __init__(self, send: Send) -> None:
-        self.send = _closing(send)
-        self.start: Message | None = None
-        self.body = b""
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 200:
-            self.start = message
-        elif message["type"] == "http.response.body" and self.start is not None:
-            self.body += message.get("body", b"")
-            if not message.get("more_body", False):
-                await self._send_draining()
-        else:
-            await self.send(message)
-
-    async def _send_draining(self) -> None:
-        assert self.start is not None
-        try:
-            body = json.loads(self.body)
-        except ValueError:
-            body = {}
-        body = {**body, "status": "draining"} if isinstance(body, dict) else body
-        content = json.dumps(body).encode()
-        headers = [
-            (k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"
-        ]
-        headers.append((b"content-length", str(len(content)).encode()))
-        await self.send({**self.start, "status": 503, "headers": headers})
-        await self.send({"type": "http.response.body", "body": content})
