@@ -182,6 +182,23 @@ def _in_root(arg: str, root: Path) -> str:
     return str(root / arg[1:]) if arg.startswith("/") else arg
 
 
+def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    copies = [
+        line.split()[1:-1]
+        for line in text.splitlines()
+        if line.startswith("COPY ") and "--from=" not in line
+    ]
+    sources = [source for sources in copies for source in sources]
+    assert "src/" in sources and "pyproject.toml" in sources
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore  # everything is left out of the build context, except what is listed
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert source.rstrip("/") in kept, f"{source} is not sent to the build (dockerignore)"
+
+
 def test_image_command_serves_the_notebook_and_passes_its_healthcheck(
     tmp_path: Path,
 ) -> None:
