@@ -371,11 +371,10 @@ def _last_line(message: str) -> str:
 
 
 def _run(coroutine: Any) -> None:
+    """Run `coroutine` on uvloop (a dependency on Linux and macOS), else on asyncio's loop."""
     try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        uvloop = None  # type: ignore[assignment,unused-ignore]  # the standard loop will do
-    if uvloop is None:
+        import uvloop
+    except ImportError:  # not installed on this platform: the standard event loop will do
         asyncio.run(coroutine)
     else:
         uvloop.run(coroutine)

@@ -46,6 +46,7 @@ from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
 from cellserve.memory_limit import check_allocation, limit_kernel_memory
 from cellserve.notebook import SeedCell
+from cellserve.wire import BadMessage, CommWire
 
 logger = logging.getLogger("cellserve.kernels")
 
@@ -100,20 +101,21 @@ def kernel_environment() -> dict[str, str]:
     return env
 
 
-def request_assignment(language: str, request_json: str) -> str:
-    """Code that binds ``REQUEST`` to `request_json` as an escaped literal in `language`."""
+def request_assignment(language: str, request_json: str, variable: str = "REQUEST") -> str:
+    """Code that binds `variable` to `request_json` as an escaped literal in `language`."""
     lang = language.lower()
     if lang == "bash":
-        return "REQUEST='" + request_json.replace("'", "'\\''") + "'"
+        return f"{variable}='" + request_json.replace("'", "'\\''") + "'"
     if lang == "perl":
-        return "my $REQUEST = '" + request_json.replace("\\", "\\\\").replace("'", "\\'") + "';"
+        escaped = request_json.replace("\\", "\\\\").replace("'", "\\'")
+        return f"my ${variable} = '{escaped}';"
     # A JSON string literal, ASCII only, with the interpolation sigils of Julia, Scala, Ruby,
     # Perl-like and shell-like languages escaped, is a valid and inert string literal in
     # Python, R, Julia, Scala, Ruby and C-like languages.
     literal = json.dumps(request_json)
     for sigil in "$@`#":
         literal = literal.replace(sigil, f"\\u{ord(sigil):04x}")
-    return f"REQUEST = {literal}"
+    return f"{variable} = {literal}"
 
 
 class Kernel:
@@ -124,10 +126,16 @@ class Kernel:
         self.config = config
         self._manager = manager
         self._client = client
-        self._comm_id: str | None = None
+        self._wire: CommWire | None = None
         self._known_keys: set[str] = set()
         self._unsupported_keys: set[str] = set()
         self._exiting = False
+        # Several fast-path calls may be in flight (pipelining). One task reads IOPub at a
+        # time; answers it reads for another call in flight wait in the inbox.
+        self._reading = asyncio.Lock()
+        self._in_flight: dict[str, int] = {}  # msg_id → interrupts sent before it went out
+        self._inbox: dict[str, dict[str, Any]] = {}
+        self._interrupts = 0
 
     @property
     def pid(self) -> int | None:
@@ -263,17 +271,29 @@ class Kernel:
             return
         if not self.config.uses_dispatcher:
             return
-        self._comm_id = uuid.uuid4().hex
-        self._send("comm_open", {"comm_id": self._comm_id, "target_name": _COMM_TARGET, "data": {}})
+        comm_id = uuid.uuid4().hex
+        self._send("comm_open", {"comm_id": comm_id, "target_name": _COMM_TARGET, "data": {}})
+        session = self._client.session
+        self._wire = CommWire(session.auth, session.session, session.username, comm_id)
+
+    def can_pipeline(self, call: CellCall) -> bool:
+        """Whether `call` takes the fast path, so it may be sent while another one runs."""
+        return (
+            self._wire is not None
+            and not call.stream
+            and _code_key(call.source) not in self._unsupported_keys
+        )
 
     def begin(self, call: CellCall) -> PendingCall:
         """Send `call` now if it takes the fast path; ``finish`` collects the answer.
 
         Split from ``finish`` so that the pool can hand a freed kernel its next request
-        without waiting for the requesting task to be scheduled.
+        without waiting for the requesting task to be scheduled. A batch is sealed here.
         """
+        if call.seal is not None:
+            call = call.seal()
         key = _code_key(call.source)
-        if self._comm_id is None or call.stream or key in self._unsupported_keys:
+        if self._wire is None or call.stream or key in self._unsupported_keys:
             return PendingCall(call, key, None)
         return PendingCall(call, key, self._send_dispatch(call, key, with_code=False))
 
@@ -296,7 +316,8 @@ class Kernel:
             if answer is not None:
                 return answer
             self._unsupported_keys.add(key)
-        code = request_assignment(self.config.language, call.request_json) + "\n" + call.source
+        assignment = request_assignment(self.config.language, call.request_json, call.variable)
+        code = assignment + "\n" + call.source
         cell = await self._execute(code, deadline, on_stdout)
         if cell.result is not None and self.config.is_python and hides_value(call.source):
             # IPython checks the semicolon against its history, which requests never enter.
@@ -309,6 +330,8 @@ class Kernel:
     def _send_dispatch(self, call: CellCall, key: str, *, with_code: bool) -> str:
         """One comm message to the dispatcher; route code rides along when it may be unknown."""
         data: dict[str, Any] = {"key": key, "info_key": None, "request": call.request_json}
+        if call.variable != "REQUEST":
+            data["variable"] = call.variable
         if with_code or key not in self._known_keys:
             data["code"] = call.source
         if call.response_info is not None:
@@ -316,32 +339,67 @@ class Kernel:
             data["info_key"] = info_key
             if with_code or info_key not in self._known_keys:
                 data["info_code"] = call.response_info
-        return self._send("comm_msg", {"comm_id": self._comm_id, "data": data})
+        assert self._wire is not None
+        msg_id, frames = self._wire.comm_msg(data)
+        try:
+            self._client.shell_channel.socket.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            raise KernelError(f"cannot send to kernel {self.id}: {exc}") from exc
+        self._in_flight[msg_id] = self._interrupts
+        return msg_id
 
     async def _dispatch_answer(self, pending: PendingCall, deadline: float) -> CellOutcome | None:
-        """The dispatcher's answer, or None when the route needs execute_request instead."""
+        """The dispatcher's answer, or None when the route needs execute_request instead.
+
+        The call is sent again, with its code, once: when the kernel lost the route's code,
+        or when an interrupt meant for the call ahead of it (pipelining) reached it instead.
+        """
         msg_id = pending.msg_id
+        assert msg_id is not None
         for attempt in range(2):
-            while True:
-                msg = await self._next_iopub(deadline, skip_status=True)
-                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "comm_msg":
-                    break
-            answer = msg["content"]["data"]
+            try:
+                answer = await self._comm_answer(msg_id, deadline)
+            finally:
+                sent_after = self._in_flight.pop(msg_id, self._interrupts)
+                self._inbox.pop(msg_id, None)
             self._known_keys.add(pending.key)
             if pending.call.response_info is not None:
                 self._known_keys.add(_code_key(pending.call.response_info))
-            if answer["status"] == "ok":
+            if answer["status"] == "unsupported":
+                return None
+            stray_interrupt = sent_after != self._interrupts and _hit_by_interrupt(answer)
+            if answer["status"] == "ok" and (attempt == 1 or not stray_interrupt):
                 info = answer["info"]
                 return CellOutcome(
                     _output_from_answer(answer["cell"]),
                     _output_from_answer(info) if info is not None else None,
                     kernel_exiting=bool(answer.get("exiting")),
                 )
-            if answer["status"] == "unsupported":
-                return None
-            if attempt == 0:  # "missing": the kernel lost the code; send it along this time
+            if attempt == 0:
                 msg_id = self._send_dispatch(pending.call, pending.key, with_code=True)
         raise KernelError("the dispatcher lost the route's code twice")
+
+    async def _comm_answer(self, msg_id: str, deadline: float) -> dict[str, Any]:
+        """The comm answer to `msg_id`, read by this task or by another call's task."""
+        assert self._wire is not None
+        while msg_id not in self._inbox:
+            async with _deadline(deadline):
+                await self._reading.acquire()
+            try:
+                while msg_id not in self._inbox:
+                    frames = await self._next_frames(
+                        self._client.iopub_channel, deadline, skip_status=True
+                    )
+                    try:
+                        parsed = self._wire.answer(frames)
+                    except BadMessage as exc:
+                        logger.warning("kernel %s: dropped %s", self.id, exc)
+                        continue
+                    if parsed is not None and parsed[0] in self._in_flight:
+                        self._inbox[parsed[0]] = parsed[1]
+            finally:
+                self._reading.release()
+        return self._inbox.pop(msg_id)
 
     async def _execute(
         self, code: str, deadline: float, on_stdout: StdoutSink | None = None
@@ -386,39 +444,48 @@ class Kernel:
                     self._exiting = True  # the cell called exit(): the kernel stops soon
                 return
 
-    async def _next_iopub(self, deadline: float, *, skip_status: bool = False) -> dict[str, Any]:
-        return await self._next(self._client.iopub_channel, deadline, skip_status=skip_status)
+    async def _next_iopub(self, deadline: float) -> dict[str, Any]:
+        return await self._next(self._client.iopub_channel, deadline)
 
-    async def _next(
-        self, channel: Any, deadline: float, *, skip_status: bool = False
-    ) -> dict[str, Any]:
-        """The next message from `channel`, watching the deadline and the process.
-
-        With `skip_status`, busy/idle messages are dropped by their topic frame before they
-        are verified and decoded: the fast path never needs them, and they are two of the
-        three messages each request causes.
-        """
+    async def _next(self, channel: Any, deadline: float) -> dict[str, Any]:
+        """The next message from `channel`, decoded by jupyter_client."""
         session = self._client.session
+        _, message = session.feed_identities(await self._next_frames(channel, deadline))
+        decoded: dict[str, Any] = session.deserialize(message)
+        return decoded
+
+    async def _next_frames(
+        self, channel: Any, deadline: float, *, skip_status: bool = False
+    ) -> list[bytes]:
+        """The next message's frames from `channel`, watching the deadline and the process.
+
+        With `skip_status`, busy/idle messages are dropped by their topic frame: the fast
+        path never needs them, and they are two of the three messages each request causes.
+        """
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
+            # One zmq future per message; it is already done when a message was waiting.
             try:
-                # One zmq future per message; cancelled (message left queued) on timeout.
-                frames = await asyncio.wait_for(
-                    channel.socket.recv_multipart(), min(_POLL_SECONDS, remaining)
-                )
-            except TimeoutError:
-                if not await self.is_alive():
-                    raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
-                continue
+                future = channel.socket.recv_multipart()
+                if not future.done():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        future.cancel()
+                        raise TimeoutError
+                    try:
+                        async with asyncio.timeout(min(_POLL_SECONDS, remaining)):
+                            await future  # cancelled (message left queued) on timeout
+                    except TimeoutError:
+                        if time.monotonic() >= deadline:
+                            raise
+                        if not await self.is_alive():
+                            raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
+                        continue
+                frames: list[bytes] = future.result()
             except zmq.ZMQError as exc:
                 raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
             if skip_status and frames[0].endswith(b".status"):
                 continue
-            _, message = session.feed_identities(frames)
-            decoded: dict[str, Any] = session.deserialize(message)
-            return decoded
+            return frames
 
     def _send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self._client.session.msg(msg_type, content)
@@ -430,6 +497,7 @@ class Kernel:
 
     async def interrupt(self, grace: float) -> bool:
         """Interrupt the running cell; True once the kernel answers again within `grace`."""
+        self._interrupts += 1
         try:
             await self._manager.interrupt_kernel()
         except Exception as exc:
@@ -491,8 +559,21 @@ def _dispatcher_sources() -> tuple[str, str]:
     return common, package.joinpath("kernel_dispatch.py").read_text("utf-8")
 
 
+@functools.lru_cache(maxsize=1024)
 def _code_key(source: str) -> str:
     return hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _hit_by_interrupt(answer: Mapping[str, Any]) -> bool:
+    error = answer["cell"]["error"]
+    return error is not None and error["ename"] == "KeyboardInterrupt"
+
+
+def _deadline(deadline: float) -> asyncio.Timeout:
+    """A timeout context raising TimeoutError at `deadline` (``time.monotonic`` time)."""
+    if deadline == math.inf:
+        return asyncio.timeout_at(None)
+    return asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic())
 
 
 def _output_from_answer(answer: Mapping[str, Any]) -> CellOutput:
