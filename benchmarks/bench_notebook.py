@@ -1,11 +1,13 @@
 """The benchmark notebook as code: ``python benchmarks/bench_notebook.py`` writes it.
 
-Four endpoints, each exercising one cost, plus one for the reload scenario:
+Five endpoints, each exercising one cost, plus one for the reload scenario:
 
 * ``GET /ping`` — a constant: the server's own overhead per request;
 * ``POST /echo`` — parse ``REQUEST`` and send its JSON body back: (de)serialisation;
 * ``POST /predict`` — a 50-tree RandomForestRegressor trained in a seed cell on
   scikit-learn's bundled diabetes data set (no download);
+* ``POST /predict_batch`` — the same model behind a batched route (``# cellserve: batch``):
+  one ``predict()`` answers every request queued when a kernel frees;
 * ``GET /sleep`` — 50 ms of waiting: shows how well kernels run requests side by side;
 * ``GET /version`` — which endpoint code and which seed the reply came from.
 
@@ -44,6 +46,17 @@ ENDPOINTS: dict[str, str] = {
         'rows = json.loads(REQUEST)["body"]["rows"]\n'
         'print(json.dumps({"predictions": MODEL.predict(rows).tolist()}))'
     ),
+    "predict_batch": (
+        "# POST /predict_batch\n"
+        "# cellserve: batch max_size=64\n"
+        'batch = [request["body"]["rows"] for request in json.loads(REQUESTS)]\n'
+        "predictions = MODEL.predict([row for rows in batch for row in rows]).tolist()\n"
+        "answers, start = [], 0\n"
+        "for rows in batch:\n"
+        '    answers.append({"predictions": predictions[start : start + len(rows)]})\n'
+        "    start += len(rows)\n"
+        "print(json.dumps(answers))"
+    ),
     "sleep": '# GET /sleep\ntime.sleep(0.05)\nprint("slept")',
     "version": '# GET /version\nprint(json.dumps({"endpoint": 1, "model": MODEL_VERSION}))',
 }
@@ -67,6 +80,7 @@ BODIES: dict[str, str | None] = {
     "ping": None,
     "echo": ECHO_BODY,
     "predict": PREDICT_BODY,
+    "predict_batch": PREDICT_BODY,
     "sleep": None,
     "version": None,
 }

@@ -7,9 +7,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -18,6 +18,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from cellserve.startup import ServerHooks
+
+T = TypeVar("T")
 
 Cell = str | tuple[str, str]
 
@@ -174,6 +176,11 @@ class ServerThread:
                 return self
             time.sleep(0.02)
         raise TimeoutError("server did not start")
+
+    def run_in_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        """Run `coroutine` on the server's event loop (where its kernels live); its result."""
+        assert self._loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:

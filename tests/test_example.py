@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from cellserve import app_from_notebook
+from cellserve.batching import split_answers
+from cellserve.cells import CellCall, CellOutcome
 from tests.conftest import HOUSING_CSV
 from tests.servers import ServerThread
 
@@ -128,6 +132,57 @@ def test_form_with_a_non_numeric_feature_is_the_cells_400(client: httpx.Client) 
     assert response.json() == {"error": "invalid house features", "not_numeric": ["MedInc"]}
     # The failed request leaves the kernel able to answer the next one.
     assert client.post("/get_price", json=HOUSE).status_code == 200
+
+
+def houses(count: int) -> list[dict[str, float]]:
+    """`count` different houses around the example one."""
+    return [
+        {
+            name: value * (1 + 0.01 * (i % 7)) + (0.1 * i if name == "HouseAge" else 0)
+            for name, value in HOUSE.items()
+        }
+        for i in range(count)
+    ]
+
+
+def test_batched_prices_equal_the_unbatched_ones(client: httpx.Client) -> None:
+    bodies = houses(24)
+    with ThreadPoolExecutor(24) as threads:
+        batched = list(threads.map(lambda b: client.post("/get_price_batched", json=b), bodies))
+    for body, response in zip(bodies, batched, strict=True):
+        single = client.post("/get_price", json=body)
+        assert (response.status_code, response.json()) == (single.status_code, single.json())
+        assert response.headers["content-type"] == single.headers["content-type"]
+    form = {name: str(value) for name, value in HOUSE.items() if name != "Latitude"}
+    single, batched_form = (
+        client.post(path, data=form) for path in ("/get_price", "/get_price_batched")
+    )
+    assert batched_form.status_code == single.status_code == 400
+    assert batched_form.json() == single.json()
+
+
+def test_one_batch_of_many_houses_prices_each_as_alone(
+    server: ServerThread, client: httpx.Client
+) -> None:
+    """The cell's batch answers, for a batch of 24 run as one call, equal single answers."""
+    generation = server.app.state.cellserve.service.current
+    endpoint = next(e for e in generation.api.endpoints if e.label == "POST /get_price_batched")
+    bodies = houses(24)
+    requests = json.dumps([{"body": body} for body in bodies])
+    call = CellCall(endpoint.source, requests, variable="REQUESTS")
+
+    async def run_batch() -> CellOutcome:
+        async with generation.pool.lease(call) as lease:
+            return await lease.run(timeout=60)
+
+    outcome = server.run_in_loop(run_batch())
+    responses = split_answers(
+        outcome, len(bodies), notebook=generation.api.name, label=endpoint.label
+    )
+    for body, response in zip(bodies, responses, strict=True):
+        single = client.post("/get_price", json=body).json()
+        assert response.status_code == 200
+        assert json.loads(response.body) == single
 
 
 def test_openapi_lists_200_and_400_with_a_typed_body_and_an_example(client: httpx.Client) -> None:

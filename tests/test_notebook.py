@@ -12,6 +12,7 @@ import pytest
 from cellserve.exceptions import NotebookError
 from cellserve.notebook import (
     VERBS,
+    BatchOptions,
     NotebookApi,
     PathTemplate,
     RouteOptions,
@@ -344,6 +345,12 @@ def test_single_line_docs_have_no_description_and_no_docs_is_none() -> None:
         ("# cellserve: timeout=30\n", RouteOptions(timeout=30.0)),
         ("# cellserve: stream, timeout=2.5\n", RouteOptions(stream=True, timeout=2.5)),
         ("# Docs first.\n# cellserve: timeout=1\n", RouteOptions(timeout=1.0)),
+        ("# cellserve: batch\n", RouteOptions(batch=BatchOptions())),
+        (
+            "# cellserve: batch max_size=8 max_wait_ms=2.5, timeout=3\n",
+            RouteOptions(timeout=3.0, batch=BatchOptions(max_size=8, max_wait=0.0025)),
+        ),
+        ("# cellserve: batch\n# cellserve: max_wait_ms=0\n", RouteOptions(batch=BatchOptions())),
     ],
 )
 def test_directives(comments: str, options: RouteOptions) -> None:
@@ -365,6 +372,13 @@ def test_directive_after_code_is_just_a_comment() -> None:
         ("cellserve: timeout=0", "`timeout=0` must be a positive"),
         ("cellserve: timeout=-3", "`timeout=-3` must be a positive"),
         ("cellserve: timeout=soon", "`timeout=soon` must be a positive"),
+        ("cellserve: max_size=4", "`max_size=4` needs `batch` before it"),
+        ("cellserve: batch max_size=0", "`max_size=0` must be a whole number"),
+        ("cellserve: batch max_size=2.5", "`max_size=2.5` must be a whole number"),
+        ("cellserve: batch max_wait_ms=-1", "`max_wait_ms=-1` must be a ≥ 0 number"),
+        ("cellserve: batch max_wait_ms=inf", "`max_wait_ms=inf` must be a ≥ 0 number"),
+        ("cellserve: batch stream", "cannot both `stream` and `batch`"),
+        ("cellserve: batch=yes", "unknown directive `batch=yes`"),
     ],
 )
 def test_bad_directive_names_file_and_cell(directive: str, fragment: str) -> None:
@@ -372,6 +386,13 @@ def test_bad_directive_names_file_and_cell(directive: str, fragment: str) -> Non
         parse(["x = 1", f"# GET /x\n# {directive}\nprint(1)"], name="nb.ipynb")
     assert "nb.ipynb cell 2" in str(caught.value)
     assert fragment in str(caught.value)
+
+
+def test_a_batched_route_cannot_have_a_response_info_cell() -> None:
+    cells = ["# POST /x\n# cellserve: batch\nprint('[]')", "# ResponseInfo POST /x\nprint('{}')"]
+    with pytest.raises(NotebookError, match="cell 2: `POST /x` is batched") as caught:
+        parse(cells)
+    assert "remove this ResponseInfo cell" in str(caught.value)
 
 
 def test_nan_timeout_directive_is_rejected() -> None:

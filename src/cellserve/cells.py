@@ -24,6 +24,11 @@ class CellCall:
     stream: bool = False
     route: str = ""
     """The route's label (``GET /users/:id``), for messages."""
+    variable: str = "REQUEST"
+    """The global the request string is bound to; ``REQUESTS`` (a JSON list) for a batch."""
+    seal: Callable[[], CellCall] | None = None
+    """A batch still taking requests: closes it and returns the call to send. The kernel that
+    takes the call calls it, so a batch holds exactly what was queued when a kernel freed."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from cellserve.batching import batcher_for
 from cellserve.cells import CellCall
 from cellserve.exceptions import KernelError, RequestFailed
 from cellserve.jobs import Job, SubmitJob, accepted_response
@@ -152,6 +153,11 @@ async def _run_endpoint(
             return failure_response(exc)
         return accepted_response(job, scope.get("root_path", ""))
     note_queued()
+    if endpoint.options.batch is not None:
+        try:
+            return await batcher_for(generation, endpoint).answer(request_json, timeout)
+        except RequestFailed as exc:
+            return failure_response(exc)
     return await _answer(
         generation,
         call,

@@ -143,7 +143,7 @@ def install(shell: Any, target_name: str, limit: int) -> None:
             return {"status": "missing"}
         if cell.needs_event_loop or (info is not None and info.needs_event_loop):
             return {"status": "unsupported"}
-        shell.user_ns["REQUEST"] = data["request"]
+        shell.user_ns[data.get("variable", "REQUEST")] = data["request"]
         answer: dict[str, Any] = {"status": "ok", "cell": _run(shell, cell, limit), "info": None}
         if info is not None and answer["cell"]["error"] is None:
             answer["info"] = _run(shell, info, limit)

@@ -122,6 +122,13 @@ SEED_DURATION = Histogram(
     buckets=_SEED_BUCKETS,
     registry=REGISTRY,
 )
+BATCH_SIZE = Histogram(
+    "cellserve_batch_size",
+    "Requests answered by one run of a batched route's cell (count: batches; sum: requests)",
+    ("notebook", "route"),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
 RELOADS = Counter(
     "cellserve_reloads",
     "Reloads by kind (none, docs, routes, kernels) and outcome (applied, failed)",

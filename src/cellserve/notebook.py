@@ -8,8 +8,8 @@ This stage is pure: no kernel, no HTTP. It follows Kernel Gateway's notebook-htt
 
 Cells with the same verb and path are joined in notebook order; every other code cell is a
 seed cell, run once on each new kernel. cellserve also accepts PATCH, and reads optional
-directives from comment lines right under the annotation, e.g. ``# cellserve: stream`` or
-``# cellserve: timeout=30``.
+directives from comment lines right under the annotation, e.g. ``# cellserve: stream``,
+``# cellserve: timeout=30`` or ``# cellserve: batch max_size=64 max_wait_ms=2`` (batching.py).
 
 Cell numbers in every message count code cells only, from 1, skipping empty ones: cell N is
 the cell Jupyter labels ``[N]`` after "Restart Kernel and Run All Cells". Markdown and raw
@@ -102,12 +102,25 @@ class PathTemplate:
 
 
 @dataclass(frozen=True)
+class BatchOptions:
+    """``# cellserve: batch``: one cell run answers up to `max_size` queued requests.
+
+    `max_wait` (seconds, from ``max_wait_ms``) is how long a batch may wait for more
+    requests before it asks for a kernel; 0 means it never waits.
+    """
+
+    max_size: int = 64
+    max_wait: float = 0.0
+
+
+@dataclass(frozen=True)
 class RouteOptions:
     """Per-route directives from ``# cellserve: ...`` lines."""
 
     stream: bool = False
     timeout: float | None = None
     job: bool = False
+    batch: BatchOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +301,11 @@ def _describe(
                 f"{name} cell {number}: `ResponseInfo {verb} {raw_path}` has no "
                 f"`{verb} {raw_path}` endpoint cell and is ignored"
             )
+        elif target.options.batch is not None:
+            problems.append(
+                f"{name} cell {number}: `{verb} {raw_path}` is batched, so each answer sets its "
+                "own status and headers (see `# cellserve: batch`); remove this ResponseInfo cell"
+            )
         else:
             target.info_sources.append(source)
             target.info_cell_numbers.append(number)
@@ -394,6 +412,9 @@ def _parse_directives(
     stream = options.stream
     timeout = options.timeout
     job = options.job
+    batch: dict[str, float] | None = None
+    if options.batch is not None:
+        batch = {"max_size": options.batch.max_size, "max_wait_ms": options.batch.max_wait * 1000}
     for comment in comments:
         match = _DIRECTIVE.match(comment)
         if not match:
@@ -405,26 +426,59 @@ def _parse_directives(
             elif key == "job" and not value:
                 job = True
             elif key == "timeout" and value:
-                try:
-                    timeout = float(value)
-                except ValueError:
-                    timeout = -1.0
-                if not math.isfinite(timeout) or timeout <= 0:
+                timeout = _positive(value, f"{name} cell {number}: `timeout={value}`", "seconds")
+            elif key == "batch" and not value:
+                batch = batch or {}
+            elif key in _BATCH_KEYS and value:
+                if batch is None:
                     raise NotebookError(
-                        f"{name} cell {number}: `timeout={value}` must be a positive number of "
-                        "seconds"
+                        f"{name} cell {number}: `{word}` needs `batch` before it, as in "
+                        f"`# cellserve: batch {word}`"
                     )
+                what = f"{name} cell {number}: `{word}`"
+                if key == "max_size":
+                    if not value.isdigit() or int(value) < 1:
+                        raise NotebookError(f"{what} must be a whole number of requests, ≥ 1")
+                    batch[key] = int(value)
+                else:
+                    batch[key] = _positive(value, what, "milliseconds", zero=True)
             else:
                 raise NotebookError(
-                    f"{name} cell {number}: unknown directive `{word}` "
-                    "(known: `stream`, `job`, `timeout=SECONDS`)"
+                    f"{name} cell {number}: unknown directive `{word}` (known: `stream`, "
+                    "`job`, `timeout=SECONDS`, `batch`, `max_size=N`, `max_wait_ms=MS`)"
                 )
     if stream and job:
         raise NotebookError(
             f"{name} cell {number}: `stream` and `job` exclude each other: a job's progress is "
             "read from its job URL; keep one"
         )
-    return RouteOptions(stream=stream, timeout=timeout, job=job)
+    if batch is not None and (stream or job):
+        raise NotebookError(
+            f"{name} cell {number}: a route cannot both `{'stream' if stream else 'job'}` and "
+            "`batch`; choose one"
+        )
+    options_batch = None
+    if batch is not None:
+        options_batch = BatchOptions(
+            max_size=int(batch.get("max_size", BatchOptions.max_size)),
+            max_wait=batch.get("max_wait_ms", 0.0) / 1000,
+        )
+    return RouteOptions(stream=stream, timeout=timeout, job=job, batch=options_batch)
+
+
+_BATCH_KEYS = ("max_size", "max_wait_ms")
+
+
+def _positive(value: str, what: str, unit: str, *, zero: bool = False) -> float:
+    """`value` as a finite number > 0 (≥ 0 with `zero`), else a NotebookError about `what`."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        sign = "≥ 0" if zero else "positive"
+        raise NotebookError(f"{what} must be a {sign} number of {unit}")
+    return number
 
 
 def _finish(draft: _Draft, language: str) -> Endpoint:

@@ -91,7 +91,7 @@ def build_response(
     if status in _NO_BODY_STATUSES:
         body = b""
     response = Response(body, status, headers={"Content-Type": content_type})
-    _apply_headers(response.headers, extra)
+    apply_headers(response.headers, extra)
     return response
 
 
@@ -180,6 +180,14 @@ def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] 
         return f'must print one JSON object like {{"status": 201}}, printed {shown!r}'
     if not isinstance(value, dict):
         return "must print a JSON object, not " + type(value).__name__
+    return status_and_headers(value)
+
+
+def status_and_headers(value: Mapping[str, Any]) -> tuple[int, list[tuple[str, str]]] | str:
+    """(status, headers) from ``{"status": ..., "headers": {...}}``, or why it is unusable.
+
+    A list as a header's value repeats the header; framing headers are the server's.
+    """
     status = value.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
         return f"status must be an integer HTTP status from 200 to 599, got {status!r}"
@@ -199,7 +207,7 @@ def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] 
                     "visible ASCII, spaces, tabs and Latin-1 letters only)"
                 )
             if name.lower() in _FRAMING_HEADERS:
-                return f"header {name!r} is set by the server, not by ResponseInfo"
+                return f"header {name!r} is set by the server, not by the notebook"
             headers.append((name, text))
     return status, headers
 
@@ -209,7 +217,8 @@ def _header_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _apply_headers(headers: MutableHeaders, extra: list[tuple[str, str]]) -> None:
+def apply_headers(headers: MutableHeaders, extra: list[tuple[str, str]]) -> None:
+    """Set `extra` on `headers`: each name given replaces the default, repeats are kept."""
     replaced: set[str] = set()
     for name, value in extra:
         key = name.lower()

@@ -1,0 +1,286 @@
+"""Batched routes: the answer contract (pure) and batches on real kernels behind hypercorn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cellserve import app_from_notebook
+from cellserve.batching import Batcher, batcher_for, split_answers
+from cellserve.cells import CellError, CellOutcome, CellOutput
+from tests.servers import ServerThread, write_notebook
+
+# -- the answer contract ----------------------------------------------------------------------
+
+
+def answers(stdout: str, count: int) -> list[tuple[int, str, bytes]]:
+    responses = split_answers(
+        CellOutcome(CellOutput(stdout=stdout)), count, notebook="nb.ipynb", label="POST /p"
+    )
+    return [(r.status_code, r.headers["content-type"], r.body) for r in responses]
+
+
+def test_each_request_gets_its_own_answer_as_json_or_text() -> None:
+    assert answers('[{"p": 1.5}, [1, 2], "plain", null]\n', 4) == [
+        (200, "application/json", b'{"p": 1.5}'),
+        (200, "application/json", b"[1, 2]"),
+        (200, "text/plain; charset=utf-8", b"plain"),
+        (200, "application/json", b"null"),
+    ]
+
+
+def test_an_answer_may_set_its_own_status_and_headers() -> None:
+    item = {"$response": {"status": 422, "headers": {"X-Why": ["a", "b"]}, "body": {"e": 1}}}
+    responses = split_answers(
+        CellOutcome(CellOutput(stdout=json.dumps([item, {"$response": {"status": 204}}]))),
+        2,
+        notebook="nb.ipynb",
+        label="POST /p",
+    )
+    assert responses[0].status_code == 422
+    assert responses[0].body == b'{"e": 1}'
+    assert responses[0].headers.getlist("x-why") == ["a", "b"]
+    assert (responses[1].status_code, responses[1].body) == (204, b"")
+
+
+def test_an_object_with_other_keys_beside_response_is_a_plain_answer() -> None:
+    assert answers('[{"$response": 1, "x": 2}]', 1) == [
+        (200, "application/json", b'{"$response": 1, "x": 2}')
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ({"$response": 5}, "`$response` must be a JSON object"),
+        ({"$response": {"status": 99}}, "status must be an integer HTTP status"),
+        ({"$response": {"headers": {"Content-Length": "1"}}}, "set by the server"),
+        ({"$response": {"headers": {"X": "a\r\nb"}}}, "is not a valid HTTP field value"),
+    ],
+)
+def test_a_bad_answer_fails_only_its_own_request(item: dict[str, Any], fragment: str) -> None:
+    (bad, _, body), good = answers(json.dumps([item, "ok"]), 2)
+    assert bad == 500
+    message = json.loads(body)["message"]
+    assert "POST /p" in message
+    assert fragment in message
+    assert good == (200, "text/plain; charset=utf-8", b"ok")
+
+
+@pytest.mark.parametrize(
+    ("stdout", "fragment"),
+    [
+        ("[1, 2]", "answered a batch of 3 request(s) with 2 answer(s)"),
+        ('{"a": 1}', "must print one JSON array"),
+        ("not json", "must print one JSON array"),
+        ("", "printed 'nothing'"),
+    ],
+)
+def test_a_wrong_answer_fails_every_request_naming_the_route(stdout: str, fragment: str) -> None:
+    result = answers(stdout, 3)
+    assert len(result) == 3
+    for status, content_type, body in result:
+        assert (status, content_type) == (500, "application/json")
+        message = json.loads(body)["message"]
+        assert message.startswith("POST /p is batched")
+        assert fragment in message
+
+
+def test_an_error_is_every_requests_error() -> None:
+    outcome = CellOutcome(CellOutput(error=CellError("ValueError", "bad row")))
+    responses = split_answers(outcome, 2, notebook="nb.ipynb", label="POST /p")
+    assert [(r.status_code, r.body) for r in responses] == [
+        (500, b"Error ValueError: bad row \n")
+    ] * 2
+
+
+# -- on real kernels --------------------------------------------------------------------------
+
+SEED = "import json, os, time"
+
+ROUTES = [
+    # Holds the only kernel until the file named by ?file= exists.
+    "# GET /hold\npath = json.loads(REQUEST)['args']['file'][0]\n"
+    "while not os.path.exists(path):\n    time.sleep(0.01)\nprint('held')",
+    "# POST /double\n# cellserve: batch max_size=8\nbatch = json.loads(REQUESTS)\n"
+    "print(json.dumps([{'n': r['body']['n'] * 2, 'batch': len(batch)} for r in batch]))",
+    "# POST /status\n# cellserve: batch\nbatch = json.loads(REQUESTS)\nprint(json.dumps(["
+    "{'$response': {'status': r['body']['status'], 'headers': {'X-Size': len(batch)},"
+    " 'body': r['body']}} for r in batch]))",
+    "# POST /short\n# cellserve: batch\nprint(json.dumps(json.loads(REQUESTS)[1:]))",
+    "# POST /raise\n# cellserve: batch\nraise ValueError('no batch today')",
+    "# GET /slow\n# cellserve: batch, timeout=1\ntime.sleep(30)",
+    "# GET /crash\n# cellserve: batch\nos._exit(1)",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    folder = tmp_path_factory.mktemp("batching")
+    path = write_notebook(folder / "batched.ipynb", [SEED, *ROUTES])
+    with ServerThread(app_from_notebook(path, kernels=1, reload=False)) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def batcher(server: ServerThread, label: str) -> Batcher:
+    generation = server.app.state.cellserve.service.current
+    endpoint = next(e for e in generation.api.endpoints if e.label == label)
+    return batcher_for(generation, endpoint)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def busy(http: httpx.Client) -> bool:
+    return bool(http.get("/_cellserve/health").json()["kernels"].get("busy"))
+
+
+class Held:
+    """The only kernel held by ``GET /hold`` while requests queue; ``release()`` frees it."""
+
+    def __init__(self, http: httpx.Client, folder: Path, threads: ThreadPoolExecutor) -> None:
+        self.http = http
+        self.file = folder / "release"
+        self.threads = threads
+        self.hold = threads.submit(http.get, "/hold", params={"file": str(self.file)})
+        wait_until(lambda: busy(http), "the kernel runs /hold")
+
+    def post(self, path: str, body: object) -> Future[httpx.Response]:
+        return self.threads.submit(self.http.post, path, json=body)
+
+    def release(self) -> None:
+        self.file.touch()
+        assert self.hold.result().text == "held\n"
+
+
+@pytest.fixture
+def held(http: httpx.Client, tmp_path: Path) -> Iterator[Held]:
+    with ThreadPoolExecutor(24) as threads:
+        held = Held(http, tmp_path, threads)
+        try:
+            yield held
+        finally:
+            held.file.touch()  # never leave the kernel held, even when the test failed
+
+
+def test_a_request_on_a_free_kernel_runs_at_once_alone(http: httpx.Client) -> None:
+    response = http.post("/double", json={"n": 21})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"n": 42, "batch": 1}
+
+
+def test_queued_requests_of_one_route_join_one_batch(
+    server: ServerThread, http: httpx.Client, held: Held
+) -> None:
+    doubles = [held.post("/double", {"n": n}) for n in range(10)]
+    statuses = [held.post("/status", {"status": status}) for status in (201, 202)]
+    wait_until(lambda: batcher(server, "POST /double").waiting == 2, "10 requests queued")
+    wait_until(lambda: batcher(server, "POST /status").waiting == 2, "2 other requests queued")
+    held.release()
+    answers = [future.result().json() for future in doubles]
+    # Each request its own answer; max_size=8: eight in one batch, the other two in the next.
+    assert [answer["n"] for answer in answers] == [2 * n for n in range(10)]
+    assert sorted(answer["batch"] for answer in answers) == [2] * 2 + [8] * 8
+    for future, status in zip(statuses, (201, 202), strict=True):
+        response = future.result()
+        assert response.status_code == status
+        assert response.headers["x-size"] == "2"  # only the same route joined
+        assert response.json() == {"status": status}
+
+
+def test_a_short_answer_fails_every_request_of_the_batch(
+    server: ServerThread, http: httpx.Client, held: Held
+) -> None:
+    futures = [held.post("/short", {"n": n}) for n in range(3)]
+    wait_until(lambda: batcher(server, "POST /short").waiting == 3, "3 requests queued")
+    held.release()
+    for future in futures:
+        response = future.result()
+        assert response.status_code == 500
+        assert response.json()["message"] == (
+            "POST /short is batched: its cell answered a batch of 3 request(s) with 2 "
+            "answer(s); every request of the batch gets this error"
+        )
+
+
+def test_an_exception_reaches_every_request_and_is_logged_once(
+    server: ServerThread, http: httpx.Client, held: Held, caplog: pytest.LogCaptureFixture
+) -> None:
+    futures = [held.post("/raise", {"n": n}) for n in range(3)]
+    wait_until(lambda: batcher(server, "POST /raise").waiting == 3, "3 requests queued")
+    with caplog.at_level(logging.ERROR, logger="cellserve.cells"):
+        held.release()
+        responses = [future.result() for future in futures]
+    for response in responses:
+        assert (response.status_code, response.text) == (500, "Error ValueError: no batch today \n")
+    errors = [r for r in caplog.records if r.name == "cellserve.cells"]
+    assert len(errors) == 1
+    assert "POST /raise (batch of 3)" in errors[0].getMessage()
+
+
+def test_metrics_count_batches_and_the_requests_they_answered(http: httpx.Client) -> None:
+    def samples() -> dict[str, float]:
+        text = http.get("/_cellserve/metrics").text
+        return {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cellserve_batch_size_")
+            and 'route="POST /double"' in line
+            and "_bucket" not in line
+        }
+
+    before = samples()
+    assert http.post("/double", json={"n": 1}).status_code == 200
+    after = samples()
+    assert after["cellserve_batch_size_count"] == before.get("cellserve_batch_size_count", 0) + 1
+    assert after["cellserve_batch_size_sum"] == before.get("cellserve_batch_size_sum", 0) + 1
+
+
+def test_a_timeout_or_a_crash_answers_the_whole_batch_and_the_pool_recovers(
+    server: ServerThread, http: httpx.Client, held: Held
+) -> None:
+    slow = [held.threads.submit(http.get, "/slow") for _ in range(3)]
+    wait_until(lambda: batcher(server, "GET /slow").waiting == 3, "3 slow requests queued")
+    held.release()
+    for future in slow:
+        response = future.result()
+        assert response.status_code == 504, response.text
+    assert http.post("/double", json={"n": 2}).json() == {"n": 4, "batch": 1}
+
+    (held.file.parent / "second").mkdir()
+    second = Held(http, held.file.parent / "second", held.threads)
+    crash = [held.threads.submit(http.get, "/crash") for _ in range(3)]
+    wait_until(lambda: batcher(server, "GET /crash").waiting == 3, "3 crashing requests queued")
+    second.release()
+    for future in crash:
+        response = future.result()
+        assert response.status_code == 503, response.text
+        assert "died" in response.json()["message"]
+    wait_until(lambda: http.get("/_cellserve/health").json()["kernels"] == {"idle": 1}, "restart")
+    assert http.post("/double", json={"n": 3}).json() == {"n": 6, "batch": 1}
+
+
+def test_batches_run_in_execute_mode_too(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / "execute.ipynb", [SEED, ROUTES[1]])
+    app = app_from_notebook(path, execution="execute", reload=False)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        assert http.post("/double", json={"n": 5}).json() == {"n": 10, "batch": 1}
