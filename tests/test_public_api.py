@@ -15,6 +15,7 @@ INTENDED = {
     "ExecutionTimeout",
     "KernelDied",
     "KernelError",
+    "KernelOutOfMemory",
     "NotebookError",
     "RequestFailed",
     "SeedError",
