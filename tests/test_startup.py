@@ -8,6 +8,8 @@ That proves "still seeding" without guessing durations, and keeps the tests fast
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import subprocess
 import time
@@ -210,3 +212,44 @@ def subprocess_run(args: list[str], env: dict[str, str]) -> subprocess.Completed
         stdin=subprocess.DEVNULL,
         env={**os.environ, **env},
     )
+
+
+def test_live_progress_on_a_terminal(notebook, tmp_path: Path) -> None:
+    """With stderr on a terminal, a table of the kernels' seed progress is drawn (and the
+    log lines still print); redirected output, as in every other test, gets lines only."""
+    gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+    path = notebook([gated_seed(gate, pid_file), "# GET /x\nprint(1)"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    controller, terminal = pty.openpty()
+    args = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
+    server = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=os.environ.copy()
+    )
+    os.close(terminal)
+    seen = bytearray()
+
+    def read_available() -> None:
+        while select.select([controller], [], [], 0.05)[0]:
+            try:
+                seen.extend(os.read(controller, 65536))
+            except OSError:
+                return
+
+    try:
+        wait_for(
+            lambda: (read_available(), b"seed cell" in seen and b"seeding" in seen)[1],
+            "no live table was drawn",
+        )
+        gate.touch()
+        wait_for(lambda: (read_available(), b"ready in " in seen)[1], "never ready")
+        assert httpx.get(url + "/x", timeout=30).text == "1\n"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        read_available()
+        os.close(controller)
+    text = seen.decode(errors="replace")
+    assert "notebook" in text and "kernel" in text  # the table's header
+    assert "seed cell 1 (1 of 1) running" in text  # the log lines, above it
+    assert server.returncode == 0

@@ -12,7 +12,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -204,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         return int(args.run(args))
-    configure_logging(args.log_level, args.log_format)
+    handler = configure_logging(args.log_level, args.log_format)
+    live = sys.stderr.isatty() and args.log_format == "text"
     options = {option: getattr(args, option) for _, option, _, _ in _OPTIONS}
     for option in ("allow_credentials", "allow_notebook_download", *(s[1] for s in _SWITCHES)):
         options[option] = getattr(args, option)
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log_start(_url(settings, listener))
                 config = _hypercorn_config(settings, listener)
                 return serve_workers(build, config, settings, logs)
-            return _serve(app, settings, listener)
+            return _serve(app, settings, listener, handler if live else None)
     except CellserveError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -315,7 +316,13 @@ def _log_start(url: str) -> None:
     logger.info("listening on %s/; starting kernels", url)
 
 
-def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
+def _serve(
+    app: Any,
+    settings: Settings,
+    listener: socket.socket,
+    live_handler: logging.StreamHandler[Any] | None = None,
+) -> int:
+    """Serve until a signal; with `live_handler`, draw start-up progress above its lines."""
     from hypercorn.asyncio import serve
     from hypercorn.utils import LifespanFailureError
 
@@ -333,6 +340,7 @@ def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
         failed.set()
 
     hooks.on_failure = start_failed
+    progress = _progress_source(app)
     drain = Drain()
     app = DrainMiddleware(app, drain)
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -349,16 +357,40 @@ def _serve(app: Any, settings: Settings, listener: socket.socket) -> int:
             await stop_after_drain(drain, settings.drain_delay, signals)
             tg.cancel_scope.cancel()
 
+    async def serve_with_progress() -> None:
+        async with anyio.create_task_group() as tg:
+            if live_handler is not None:
+                from cellserve.console import show_progress
+
+                def done() -> bool:
+                    return hooks.ready or failed.is_set() or drain.begun
+
+                tg.start_soon(show_progress, progress, done, live_handler)
+            await serve(app, config, shutdown_trigger=until_stopped)
+            tg.cancel_scope.cancel()
+
     _log_start(url)
     try:
-        _run(serve(app, config, shutdown_trigger=until_stopped))
+        _run(serve_with_progress())
     except LifespanFailureError as exc:
+        if str(exc).startswith("Lifespan failure in shutdown"):
+            return _fail(f"shutdown failed: {_last_line(str(exc))}", 1)
         failures.append(CellserveError(_last_line(str(exc))))
     if failures:
         return _fail(f"start-up failed: {failures[0]}", 1)
     if drain.signal is not None and not hooks.ready:
         return 128 + drain.signal  # stopped while starting: 130 for Ctrl-C, 143 for SIGTERM
     return 0
+
+
+def _progress_source(app: Any) -> Callable[[], list[tuple[str, dict[str, Any]]]]:
+    """``(notebook, health)`` of every notebook `app` serves, for the live display."""
+    states = getattr(app.state, "cellserve_notebooks", None) or {"": app.state.cellserve}
+
+    def progress() -> list[tuple[str, dict[str, Any]]]:
+        return [(state.service.label, state.health()) for state in states.values()]
+
+    return progress
 
 
 _NO_LIMIT = 365 * 24 * 3600.0

@@ -176,8 +176,9 @@ def formatter_for(log_format: str) -> logging.Formatter:
     raise SettingsError(f"log format must be 'text' or 'json', got {log_format!r}")
 
 
-def configure_logging(level: str = "info", log_format: str = "text") -> None:
-    """Send every log record (cellserve's, hypercorn's, the Jupyter stack's) to stderr."""
+def configure_logging(level: str = "info", log_format: str = "text") -> logging.StreamHandler[Any]:
+    """Send every log record (cellserve's, hypercorn's, the Jupyter stack's) to stderr;
+    returns the one handler that writes them."""
     if level.lower() not in LOG_LEVELS:
         raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
@@ -187,6 +188,7 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    return handler
 
 
 def ensure_logging() -> None:

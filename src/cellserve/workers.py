@@ -51,7 +51,7 @@ def serve_workers(
     build: Callable[[], Any],
     config: Any,
     settings: Settings,
-    prepare: Callable[[], None],
+    prepare: Callable[[], object],
 ) -> int:
     """Serve the app that `build` makes from `settings.workers` processes; their exit status.
 
@@ -87,7 +87,7 @@ def _supervise(
     build: Callable[[], Any],
     config: Any,
     settings: Settings,
-    prepare: Callable[[], None],
+    prepare: Callable[[], object],
 ) -> int:
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
@@ -179,7 +179,7 @@ def _forget(worker: BaseProcess) -> None:
 def _worker(
     *,
     build: Callable[[], Any],
-    prepare: Callable[[], None],
+    prepare: Callable[[], object],
     config: Any,
     sockets: Any,
     stop: Event,
