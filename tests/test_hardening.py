@@ -67,9 +67,18 @@ def _serve(tmp: Path, name: str, **options: object) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """Fast path, auth on, no CORS, room for a 7 MB body."""
+    """Fast path, auth on, no CORS, room for a 7 MB body, static files in public/."""
+    folder = tmp_path_factory.mktemp("nb")
+    (folder / "public").mkdir()
+    (folder / "public" / "index.html").write_text("<h1>static</h1>")
+    (folder / "secret.txt").write_text("not-for-the-web")
     yield from _serve(
-        tmp_path_factory.mktemp("nb"), "fast", auth_token=TOKEN, max_body_size=8_000_000
+        folder,
+        "fast",
+        auth_token=TOKEN,
+        max_body_size=8_000_000,
+        static_path=folder / "public",
+        allow_notebook_download=True,
     )
 
 
@@ -343,10 +352,14 @@ def test_no_request_data_token_or_upload_in_any_history_file(
         [
             "# POST /echo\nprint(len(REQUEST))",
             "# POST /stream\n# cellserve: stream\nprint(len(REQUEST))",
+            "# POST /say\n# cellserve: stream\nprint(REQUEST)",
         ],
     )
     bash = write_notebook(
-        tmp_path / "sh.ipynb", ['# POST /echo\necho "${#REQUEST}"'], kernel="bash", language="bash"
+        tmp_path / "sh.ipynb",
+        ['# POST /echo\necho "${#REQUEST}"', '# POST /say\nprintf %s "$REQUEST"'],
+        kernel="bash",
+        language="bash",
     )
     app = app_from_notebooks({"py": python, "sh": bash}, auth_token=TOKEN)
     with ServerThread(app) as server:
@@ -364,6 +377,22 @@ def test_no_request_data_token_or_upload_in_any_history_file(
                 )
                 assert response.status_code == 200, (path, response.text)
                 assert int(response.text.strip()) > 0
+        # Request data is data: text that would run if it were spliced into code arrives
+        # verbatim (the streaming Python route takes the execute_request path).
+        mark = tmp_path / "executed"
+        touch = f"__import__('pathlib').Path('{mark}').touch()"
+        for payload in (
+            f"$(touch {mark})",
+            f"`touch {mark}`",
+            f"'; touch {mark}; '",
+            f'"; {touch}; "',
+            f"\\'''\"\"\"; {touch} #",
+            f"${{ touch {mark} }} #{{1}} @x",
+        ):
+            for path in ("/py/say", "/sh/say"):
+                response = httpx.post(server.url + path, content=payload, headers=AUTH, timeout=60)
+                assert json.loads(response.text)["body"] == payload, (path, payload)
+        assert not mark.exists()
     # The server has stopped: every kernel, and every shell inside one, has exited and
     # written whatever history it keeps.
     forbidden = [m.encode() for m in (*MARKERS.values(), TOKEN)]
@@ -547,3 +576,37 @@ async def test_kills_under_load_get_json_answers_never_an_empty_500(
             assert answer.json()["message"], answer.text
     escaped = [r for r in caplog.records if r.name.startswith("hypercorn") and r.levelno >= 40]
     assert escaped == []
+
+
+# -- no path outside the declared routes and the configured folder ---------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/public/../secret.txt",
+        "/public/%2e%2e/secret.txt",
+        "/public/..%2fsecret.txt",
+        "/public/%2E%2E%5Csecret.txt",
+        "/public/....//secret.txt",
+        "/public//secret.txt",
+        "/public/index.html/../../secret.txt",
+        "/../secret.txt",
+        "/_api/source/../../secret.txt",
+    ],
+)
+def test_no_traversal_out_of_the_static_folder(fast: ServerThread, path: str) -> None:
+    with socket.create_connection(("127.0.0.1", fast.port), timeout=30) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}Connection: close\r\n\r\n".encode()
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert b"not-for-the-web" not in received
+    status = int(received.split(b" ", 2)[1])
+    assert status in (400, 404), received
+
+
+def test_static_file_is_served(fast: ServerThread) -> None:
+    assert get(fast, "/public/index.html").text == "<h1>static</h1>"
