@@ -116,3 +116,24 @@ def test_a_worker_failing_to_start_stops_the_server_with_one_line(
     assert "seed cell 2 raised ZeroDivisionError" in failures[0]
     assert_gone([int(pid) for pid in pid_file.read_text().split()])
     assert psutil.Process().children(recursive=True) == []  # no worker left
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_signal_cuts_the_drain_delay_short(
+    workers: int, notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [CELLSERVE, "serve", str(notebook(CELLS)), "--workers", str(workers)]
+    args += ["--port", str(port), "--no-reload", "--drain-delay", "600"]
+    server = Process(args, tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    server.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/_cellserve/ready", timeout=10).status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert httpx.get(url + "/x", timeout=30).text == "1\n"  # still serving while draining
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0  # not the 600 s of the delay

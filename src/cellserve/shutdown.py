@@ -85,6 +85,7 @@ async def stop_after_drain(
         while not (asked.is_set() or stop_requested()):  # noqa: ASYNC110
             await anyio.sleep(_POLL_SECONDS)
         drain.begin()
+        asked.set()  # so that a signal from now on cuts the delay short
     if delay > 0:
         logger.info("draining: /ready answers 503; serving for %g s more", delay)
         with anyio.move_on_after(delay):

@@ -97,7 +97,9 @@ def _supervise(
 
     def request_stop(signum: int, _: FrameType | None) -> None:
         nonlocal stopping
-        if not stopping:
+        if stopping:  # a second signal: the workers cut their drain delay short
+            pass_on(signal.SIGTERM, None)
+        else:
             logger.info("stopping %d workers: finishing requests, then kernels", len(workers))
         stopping = True
         stop.set()
