@@ -279,3 +279,22 @@ def test_json_logs_and_private_ipc_kernels(
     assert line["kernel"] and line["duration_ms"] >= 0
     assert "without encryption" not in server.output
     assert not Path(connection_file).exists()  # cleaned up with the kernel
+
+
+def test_tcp_transport_can_be_chosen(notebook, tmp_path: Path, processes: list[Process]) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [CELLSERVE, "serve", str(notebook(API_CELLS)), "--port", str(port), "--no-reload"]
+    server = Process([*args, "--transport", "tcp"], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    assert httpx.get(url + "/x", timeout=30).text == "1\n"
+    [kernel_pid] = kernel_pids(url)
+    connection_file = next(
+        arg for arg in psutil.Process(kernel_pid).cmdline() if arg.endswith(".json")
+    )
+    info = json.loads(Path(connection_file).read_text())
+    assert (info["transport"], info["ip"]) == ("tcp", "127.0.0.1")
+    assert os.stat(connection_file).st_mode & 0o077 == 0
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0

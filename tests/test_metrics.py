@@ -4,6 +4,7 @@ so only deltas are asserted)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,16 +87,31 @@ def test_requests_and_latency_move_with_traffic(server: ServerThread) -> None:
     assert value(after, "cellserve_requests_in_flight") >= 1
 
 
-def test_timeouts_and_interrupts_are_counted(server: ServerThread) -> None:
+def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """cellserve's WARNING and ERROR lines so far."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("cellserve") and r.levelno >= logging.WARNING
+    ]
+
+
+def test_timeouts_and_interrupts_are_counted(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     before = scrape(server.url)
     assert httpx.get(server.url + "/slow", timeout=60).status_code == 504
     after = scrape(server.url)
+    [line] = problems(caplog)  # logged once, with its cause
+    assert line == "504: api.ipynb GET /slow: the cell ran longer than 1.0 s and was interrupted"
     for name in ("cellserve_request_timeouts_total", "cellserve_kernel_interrupts_total"):
         assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1, name
     assert httpx.get(server.url + "/value", timeout=30).text == "1\n"
 
 
-def test_crashes_and_restarts_are_counted(server: ServerThread) -> None:
+def test_crashes_and_restarts_are_counted(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
     before = scrape(server.url)
     assert httpx.get(server.url + "/exit", timeout=60).status_code == 503
 
@@ -111,11 +127,16 @@ def test_crashes_and_restarts_are_counted(server: ServerThread) -> None:
     after = scrape(server.url)
     for name in ("cellserve_kernel_crashes_total", "cellserve_kernel_restarts_total"):
         assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1, name
+    [line] = problems(caplog)  # logged once, with its cause
+    assert "api.ipynb GET /exit" in line and "restarting" in line
     seeds = "cellserve_seed_duration_seconds_count"
     assert value(after, seeds, notebook=NB) - value(before, seeds, notebook=NB) == 1
 
 
-def test_reloads_are_counted_by_kind_and_outcome(server: ServerThread, notebook_path: Path) -> None:
+def test_reloads_are_counted_by_kind_and_outcome(
+    server: ServerThread, notebook_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
     before = scrape(server.url)
     write_notebook(notebook_path, [*CELLS, "# GET /added\nprint(2)"])
     assert httpx.post(server.url + "/_cellserve/reload", timeout=60).status_code == 200
@@ -123,6 +144,10 @@ def test_reloads_are_counted_by_kind_and_outcome(server: ServerThread, notebook_
     assert httpx.post(server.url + "/_cellserve/reload", timeout=60).status_code == 422
     after = scrape(server.url)
     write_notebook(notebook_path, CELLS)
+    applied_lines = [r.getMessage() for r in caplog.records if "reloaded (admin" in r.getMessage()]
+    assert len(applied_lines) == 1 and "+GET /added" in applied_lines[0]
+    [failure] = problems(caplog)
+    assert failure.startswith("api.ipynb reload failed (admin request): ")
     applied = {"notebook": NB, "kind": "routes", "outcome": "applied"}
     failed = {"notebook": NB, "kind": "none", "outcome": "failed"}
     for labels in (applied, failed):

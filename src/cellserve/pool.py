@@ -375,15 +375,15 @@ class KernelPool:
     def _after_slot_gave_up(self, error: CellserveError) -> None:
         if not self._book.all_failed:
             return
-        if self._settled.is_set():  # it served before: say what the operator can do now
+        if self._settled.is_set() and self._startup_error is None:
+            # It served before: say what the operator can do now. (A failed start is
+            # reported once, by whoever started the pool, from the error it raises.)
             logger.error(
                 "%s: every kernel slot failed and was given up (last error: %s); requests "
                 "get 503 and /_cellserve/ready says so until the server is restarted",
                 self.label,
                 error,
             )
-        else:
-            logger.error("%s: %s", self.label, _NO_KERNEL)
         self._fail_startup(error)
 
     async def _tend(self, index: int, kernel: KernelHandle) -> None:
@@ -411,7 +411,9 @@ class KernelPool:
                 await woken.wait()
             if not woken.is_set() and not await self._lives(kernel):
                 reason = f"kernel {kernel.id} (pid {kernel.pid}) exited"
-                logger.warning("%s: %s; restarting it", self.label, reason)
+                if self._book.slot(index).state is not KernelState.BUSY:
+                    # (A request running on it logs the loss itself, naming its route.)
+                    logger.warning("%s: %s; restarting it", self.label, reason)
                 self._apply(self._book.lost(kernel, reason))
 
     async def _lives(self, kernel: KernelHandle) -> bool:
