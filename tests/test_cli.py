@@ -117,11 +117,18 @@ def test_seed_cell_error_exits_quickly_naming_the_cell(notebook, tmp_path: Path)
     record_pid = f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))"
     path = notebook([record_pid, "y = 2", "1 / 0", "# GET /x\nprint(y)"])
     result = run_quick([CELLSERVE, "serve", str(path), "--port", str(free_port()), "--no-reload"])
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "cell 3" in output
-    assert "ZeroDivisionError" in output
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "cellserve: start-up failed: api.ipynb: seed cell 3 raised ZeroDivisionError: "
+        "division by zero"
+    )
+    assert "Traceback" not in result.stderr  # the cell's traceback: --log-level debug
+    assert " ERROR " not in result.stderr  # said once, by that last line
     assert_gone([int(pid_file.read_text())])
+
+    debug = run_quick([*result.args, "--log-level", "debug"])
+    assert debug.returncode == 1
+    assert "ZeroDivisionError" in debug.stderr.split("start-up failed")[0]  # traceback shown
 
 
 def test_notebook_without_endpoints_exits_with_message(notebook) -> None:

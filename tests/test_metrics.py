@@ -5,6 +5,7 @@ so only deltas are asserted)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,3 +164,29 @@ def test_metrics_need_the_token_when_auth_is_on(tmp_path: Path) -> None:
         assert httpx.get(running.url + "/_cellserve/metrics", timeout=30).status_code == 401
         samples = scrape(running.url, headers={"Authorization": "Bearer s3cret"})  # type: ignore[arg-type]
         assert any(name == "cellserve_requests_total" for name, _ in samples)
+
+
+def test_queue_rejections_are_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_notebook(tmp_path / NB, CELLS)
+    with ServerThread(app_from_notebook(path, max_queue=0)) as running:
+        before = scrape(running.url)
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            holder = threading.Thread(target=lambda: client.get("/slow"))
+            holder.start()
+            wait_until(
+                lambda: (
+                    value(scrape(running.url), "cellserve_kernels", notebook=NB, state="busy") == 1
+                ),
+                "the slow request never started",
+            )
+            refused = httpx.get(running.url + "/value", timeout=30)
+            holder.join()
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        after = scrape(running.url)
+    name = "cellserve_queue_rejections_total"
+    assert value(after, name, notebook=NB) - value(before, name, notebook=NB) == 1
+    refusals = [line for line in problems(caplog) if "GET /value" in line]
+    assert refusals == [f"503: {refused.json()['message']}"]
