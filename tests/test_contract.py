@@ -36,6 +36,8 @@ def cells(broken_route: str = "print(1)", minimum: int = 1) -> list[str | tuple[
         "# GET /typo\nprint('before'\n",
         f"# GET /fine\n{broken_route}",
         "# GET /boom\nx = 1\n1 / 0",
+        ("markdown", "```yaml\nbody: {schema: {items: {type: string}}}\n```"),
+        "# POST /tags\nprint(1)",
     ]
 
 
@@ -93,6 +95,19 @@ def test_a_bad_request_is_a_422_while_the_only_kernel_is_busy(
         {"in": "path", "at": "id", "message": "0 is less than the minimum of 1"},
         {"in": "query", "at": "kind", "message": "'song' is not one of ['book', 'film']"},
     ]
+
+
+def test_hostile_values_get_a_bounded_422_not_a_500(client: httpx.Client) -> None:
+    huge = client.get("/items/" + "1" * 5000)  # past Python's int conversion limit
+    assert huge.status_code == 422
+    assert huge.json()["problems"][0]["message"].endswith("is not of type 'integer'")
+    many = client.post("/tags", json=[1] * 10_000)
+    assert many.status_code == 422
+    assert many.json()["message"] == (
+        "the request does not match the declaration of POST /tags: more than 50 problems; "
+        "the first 50 are listed"
+    )
+    assert len(many.json()["problems"]) == 50
 
 
 def test_a_syntax_error_is_kernel_gateways_500_naming_the_route(client: httpx.Client) -> None:

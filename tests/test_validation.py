@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cellserve.declaration import Contract, parse_declaration
-from cellserve.validation import apply_contract, check_request
+from cellserve.validation import MAX_PROBLEMS, apply_contract, check_request
 
 CONTRACT = parse_declaration(
     """
@@ -36,9 +36,11 @@ def request(
     path: dict[str, str] | None = None,
     body: Any = None,
     content_type: str | None = "application/json",
+    raw: bytes | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     body = {"size": 100} if body is None else body
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if raw is None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     value = {
         "args": {"kind": ["house"]} if args is None else args,
         "path": {"zip": "94110"} if path is None else path,
@@ -166,3 +168,37 @@ def test_an_optional_body_may_be_left_out() -> None:
     contract = parse_declaration("body: {schema: {type: object}, required: false}", 1, [])
     value, _ = request(body="", args={})
     assert check_request(contract, value, b"") == []
+
+
+@pytest.mark.parametrize(
+    ("declaration", "location", "value", "message"),
+    [
+        # Past Python's int conversion limit (4300 digits): text, so not an integer.
+        ("query: {n: integer}", "query", "1" * 5000, "is not of type 'integer'"),
+        ("query: {n: number}", "query", "1" * 5000, "is not of type 'number'"),
+        # Python's JSON parser reads Infinity and NaN; a fractional multipleOf cannot.
+        ("body: {schema: {multipleOf: 0.5}}", "body", "Infinity", "inf is not a multiple of 0.5"),
+        ("body: {schema: {multipleOf: 0.5}}", "body", "NaN", "nan is not a multiple of 0.5"),
+        # Groups nested past the recursion limit of re.compile.
+        ("body: {schema: {format: regex}}", "body", json.dumps("(" * 5000), "is not a 'regex'"),
+    ],
+)
+def test_hostile_values_are_problems_not_server_errors(
+    declaration: str, location: str, value: str, message: str
+) -> None:
+    contract = parse_declaration(declaration, 1, [])
+    if location == "query":
+        found = problems(contract, args={"n": [value]})
+    else:
+        found = problems(contract, args={}, body=json.loads(value), raw=value.encode())
+    (problem,) = found
+    assert problem["in"] == location
+    assert problem["message"].endswith(message)
+
+
+def test_a_body_breaking_its_schema_per_item_lists_a_bounded_number_of_problems() -> None:
+    contract = parse_declaration("body: {schema: {items: {type: string}}}", 1, [])
+    found = problems(contract, args={}, body=[1] * 100_000)
+    # One past the limit says that there are more; the rest were never computed.
+    assert len(found) == MAX_PROBLEMS + 1
+    assert found[0] == {"in": "body", "at": "/0", "message": "1 is not of type 'string'"}

@@ -33,7 +33,7 @@ from cellserve.service import Generation
 from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
 from cellserve.syntax import CellSyntaxError
-from cellserve.validation import Problem, apply_contract
+from cellserve.validation import MAX_PROBLEMS, Problem, apply_contract
 
 logger = logging.getLogger("cellserve.endpoint")
 
@@ -204,11 +204,14 @@ def _syntax_error_response(error: CellSyntaxError) -> Response:
 
 
 def _problems_response(label: str, problems: list[Problem]) -> Response:
-    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    if len(problems) > MAX_PROBLEMS:
+        count = f"more than {MAX_PROBLEMS} problems; the first {MAX_PROBLEMS} are listed"
+    else:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
     body = {
         "reason": "Unprocessable Entity",
         "message": f"the request does not match the declaration of {label}: {count}",
-        "problems": [problem.as_json() for problem in problems],
+        "problems": [problem.as_json() for problem in problems[:MAX_PROBLEMS]],
     }
     return JSONResponse(body, status_code=422)
 

@@ -7,6 +7,11 @@ lists); a declared default fills in a query parameter the client left out (``fil
 
 JSON bodies are checked against the body schema; form and multipart bodies reach the cell
 unchecked, as Kernel Gateway passes them, since their values are lists of strings.
+
+Request values are untrusted, so none of them can turn a check into a 500: an integer past
+Python's conversion limit stays text (and breaks its declared type), ``Infinity`` and ``NaN``
+(which Python's JSON parser accepts) break a ``multipleOf``, a ``format: regex`` value nested
+past the recursion limit is not a regex; and at most ``MAX_PROBLEMS`` problems are listed.
 """
 
 from __future__ import annotations
@@ -14,18 +19,21 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 
 from cellserve.declaration import Contract, Parameter, RequestBody
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-_FORMATS = Draft202012Validator.FORMAT_CHECKER
+MAX_PROBLEMS = 50
+"""Problems listed at most. A large body can break its schema once per item; listing each
+would cost the server far more than the request cost the client."""
 _MAX_VALIDATORS = 512
 # id(schema) → (schema, its validator); keeping the schema keeps its id from being reused.
 _VALIDATORS: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
@@ -55,7 +63,8 @@ def apply_contract(
 
 
 def check_request(contract: Contract, request: Mapping[str, Any], raw_body: bytes) -> list[Problem]:
-    """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received)."""
+    """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received): at
+    most ``MAX_PROBLEMS + 1``, the one past the limit telling that there are more."""
     problems: list[Problem] = []
     media_type = _media_type(request["headers"].get("Content-Type", ""))
     args: Mapping[str, list[str]] = request["args"]
@@ -68,7 +77,7 @@ def check_request(contract: Contract, request: Mapping[str, Any], raw_body: byte
             problems.append(Problem("query", parameter.name, "a required parameter is missing"))
     if contract.body is not None and media_type not in _FORMS:
         problems += _check_body(contract.body, request["body"], media_type, raw_body)
-    return problems
+    return problems[: MAX_PROBLEMS + 1]
 
 
 def fill_defaults(contract: Contract, args: MutableMapping[str, list[str]]) -> bool:
@@ -119,7 +128,8 @@ def _schema_problems(
     schema: Mapping[str, Any], value: Any, location: str, name: str | None
 ) -> list[Problem]:
     problems = []
-    for error in _validator(schema).iter_errors(value):
+    # Validation stops once the list is past the limit: the cost of a hostile body is bounded.
+    for error in islice(_validator(schema).iter_errors(value), MAX_PROBLEMS + 1):
         if name is None:
             at = "".join(f"/{_escape(part)}" for part in error.absolute_path)
         else:
@@ -133,7 +143,7 @@ def _validator(schema: Mapping[str, Any]) -> Draft202012Validator:
     long as its notebook version; the oldest are forgotten after many reloads)."""
     entry = _VALIDATORS.get(id(schema))
     if entry is None or entry[0] is not schema:
-        validator = Draft202012Validator(schema, format_checker=_FORMATS)
+        validator = _Validator(schema, format_checker=_FORMATS)
         entry = _VALIDATORS[id(schema)] = (schema, validator)
         while len(_VALIDATORS) > _MAX_VALIDATORS:
             _VALIDATORS.pop(next(iter(_VALIDATORS)))
@@ -144,11 +154,11 @@ def _convert(text: str, schema: Mapping[str, Any]) -> Any:
     """`text` as the first declared type it reads as; unchanged when none fits."""
     declared = schema.get("type", "string")
     for kind in declared if isinstance(declared, list) else [declared]:
-        if kind == "integer" and _INTEGER.match(text):
-            return int(text)
+        if kind in ("integer", "number") and _INTEGER.match(text):
+            integer = _integer(text)
+            if integer is not None:
+                return integer
         if kind == "number" and _NUMBER.match(text):
-            if _INTEGER.match(text):
-                return int(text)
             number = float(text)
             if math.isfinite(number):
                 return number
@@ -159,6 +169,14 @@ def _convert(text: str, schema: Mapping[str, Any]) -> Any:
         if kind == "string":
             return text
     return text
+
+
+def _integer(text: str) -> int | None:
+    """`text` as an int; None past Python's conversion limit (4300 digits by default)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _media_type(content_type: str | list[str]) -> str:
@@ -186,3 +204,28 @@ def _as_text(value: Any) -> str:
 def _escape(part: object) -> str:
     """A JSON Pointer token (RFC 6901)."""
     return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _multiple_of(
+    validator: Any, divisor: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """jsonschema's ``multipleOf``, but a non-finite number fails it instead of raising
+    OverflowError (against a fractional divisor)."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
+    else:
+        yield from _MULTIPLE_OF(validator, divisor, instance, schema)
+
+
+def _is_regex(instance: object) -> bool:
+    return not isinstance(instance, str) or bool(re.compile(instance))
+
+
+_MULTIPLE_OF = Draft202012Validator.VALIDATORS["multipleOf"]
+_Validator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator, {"multipleOf": _multiple_of}
+)
+_FORMATS = FormatChecker(())
+_FORMATS.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
+# Groups nested a few thousand deep make re.compile recurse past the limit: not a regex.
+_FORMATS.checks("regex", raises=(re.error, RecursionError))(_is_regex)
