@@ -43,6 +43,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -50,6 +51,8 @@ from urllib.parse import unquote
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+
+from cellserve.validation import schema_validator
 
 _FENCE_OPEN = re.compile(r"\s{0,3}(`{3,}|~{3,})\s*(yaml|yml)\s*\Z", re.IGNORECASE)
 _SECTIONS = ("path", "query", "body", "responses")
@@ -78,6 +81,11 @@ class Parameter:
     description: str | None = None
     example: Any = None
 
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        """Its schema's validator, built at its first request (not compared or hashed)."""
+        return schema_validator(self.schema)
+
 
 @dataclass(frozen=True)
 class RequestBody:
@@ -85,6 +93,11 @@ class RequestBody:
     required: bool = True
     description: str | None = None
     example: Any = None
+
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        """Its schema's validator, built at its first request (not compared or hashed)."""
+        return schema_validator(self.schema)
 
 
 @dataclass(frozen=True)
@@ -242,8 +255,7 @@ class _Reader:
 
     def matches(self, value: Any, schema: Mapping[str, Any], keys: Sequence[object]) -> None:
         """Raise when an example or default does not satisfy its own schema."""
-        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-        for problem in validator.iter_errors(value):
+        for problem in schema_validator(schema).iter_errors(value):
             where = [*keys, *problem.absolute_path]
             raise self.error(where, f"does not match the schema: {problem.message}")
 

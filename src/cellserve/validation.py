@@ -22,11 +22,12 @@ import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
 
-from cellserve.declaration import Contract, Parameter, RequestBody
+if TYPE_CHECKING:  # declaration.py builds each schema's validator with schema_validator
+    from cellserve.declaration import Contract, Parameter, RequestBody
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
@@ -34,9 +35,6 @@ _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_PROBLEMS = 50
 """Problems listed at most. A large body can break its schema once per item; listing each
 would cost the server far more than the request cost the client."""
-_MAX_VALIDATORS = 512
-# id(schema) → (schema, its validator); keeping the schema keeps its id from being reused.
-_VALIDATORS: dict[int, tuple[Mapping[str, Any], Draft202012Validator]] = {}
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def _check_query(parameter: Parameter, values: list[str]) -> list[Problem]:
     if _is_array(parameter.schema):
         items = parameter.schema.get("items", {})
         converted = [_convert(v, items if isinstance(items, Mapping) else {}) for v in values]
-        return _schema_problems(parameter.schema, converted, "query", parameter.name)
+        return _schema_problems(parameter.validator, converted, "query", parameter.name)
     if len(values) > 1:
         return [Problem("query", parameter.name, f"given {len(values)} times; expects one value")]
     return _check_value(parameter, values[0])
@@ -106,7 +104,7 @@ def _check_query(parameter: Parameter, values: list[str]) -> list[Problem]:
 
 def _check_value(parameter: Parameter, text: str) -> list[Problem]:
     value = _convert(text, parameter.schema)
-    return _schema_problems(parameter.schema, value, parameter.location, parameter.name)
+    return _schema_problems(parameter.validator, value, parameter.location, parameter.name)
 
 
 def _check_body(
@@ -121,33 +119,28 @@ def _check_body(
         return [Problem("body", "", f"send JSON with Content-Type: application/json (got {shown})")]
     if isinstance(body, str) and not _is_json(raw_body):
         return [Problem("body", "", "the body is not valid JSON")]
-    return _schema_problems(declared.schema, body, "body", None)
+    return _schema_problems(declared.validator, body, "body", None)
+
+
+def schema_validator(schema: Mapping[str, Any]) -> Draft202012Validator:
+    """A JSON Schema (2020-12) validator for `schema`, checking formats, safe for hostile
+    values (see the module's docstring)."""
+    validator: Draft202012Validator = _Validator(schema, format_checker=_FORMATS)
+    return validator
 
 
 def _schema_problems(
-    schema: Mapping[str, Any], value: Any, location: str, name: str | None
+    validator: Draft202012Validator, value: Any, location: str, name: str | None
 ) -> list[Problem]:
     problems = []
     # Validation stops once the list is past the limit: the cost of a hostile body is bounded.
-    for error in islice(_validator(schema).iter_errors(value), MAX_PROBLEMS + 1):
+    for error in islice(validator.iter_errors(value), MAX_PROBLEMS + 1):
         if name is None:
             at = "".join(f"/{_escape(part)}" for part in error.absolute_path)
         else:
             at = name + "".join(f"[{part}]" for part in error.absolute_path)
         problems.append(Problem(location, at, error.message))
     return sorted(problems, key=lambda p: p.at)
-
-
-def _validator(schema: Mapping[str, Any]) -> Draft202012Validator:
-    """The validator for `schema`, built once per schema object (a route's schemas live as
-    long as its notebook version; the oldest are forgotten after many reloads)."""
-    entry = _VALIDATORS.get(id(schema))
-    if entry is None or entry[0] is not schema:
-        validator = _Validator(schema, format_checker=_FORMATS)
-        entry = _VALIDATORS[id(schema)] = (schema, validator)
-        while len(_VALIDATORS) > _MAX_VALIDATORS:
-            _VALIDATORS.pop(next(iter(_VALIDATORS)))
-    return entry[1]
 
 
 def _convert(text: str, schema: Mapping[str, Any]) -> Any:
