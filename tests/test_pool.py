@@ -521,7 +521,9 @@ async def test_slot_failing_to_reseed_is_given_up_and_requests_get_503(
         kernel = kernel_stats(body)[0]
         assert kernel["pid"] is None
         assert "seed cell 2" in kernel["last_error"] and "only once" in kernel["last_error"]
-        assert body["status"] == "unavailable"
+        assert body["status"] == "failed"
+        # Never serving again: liveness fails too, so a supervisor restarts the server.
+        assert (await client.get("/_cellserve/health")).status_code == 503
         assert (await client.get("/_cellserve/ready")).status_code == 503
         assert kernel["state"] == "failed"
         assert body["kernels"] == {"failed": 1}

@@ -177,7 +177,7 @@ class CellserveApp:
         stats = generation.pool.stats()
         counts = {state.value: stats.count(state) for state in KernelState}
         return {
-            "status": "ok" if stats.can_serve else "unavailable",
+            "status": "failed" if stats.gave_up else "ok" if stats.can_serve else "unavailable",
             "pid": os.getpid(),  # which server process answered (see --workers)
             "notebook": generation.api.name,
             "generation": generation.number,
@@ -256,11 +256,13 @@ def base_url(request: Request) -> str:
 
 
 def status_routes(status: Status, pools: PoolSource) -> list[BaseRoute]:
-    """``/_cellserve/health`` (always 200), ``/_cellserve/ready`` (503 unless ready) and
+    """``/_cellserve/health`` (503 only once the server can never serve again, so that a
+    liveness probe restarts it), ``/_cellserve/ready`` (503 unless ready) and
     ``/_cellserve/metrics`` (Prometheus)."""
 
     async def health(_: Request) -> Response:
-        return JSONResponse(status()[1])
+        body = status()[1]
+        return JSONResponse(body, status_code=503 if body["status"] == "failed" else 200)
 
     async def ready(request: Request) -> Response:
         ok, body = status()

@@ -69,8 +69,10 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
 
     def status() -> tuple[bool, dict[str, Any]]:
         notebooks = {prefix: state.health() for prefix, state in states.items()}
-        ok = all(health["status"] == "ok" for health in notebooks.values())
-        body = {"status": "ok" if ok else "degraded", "pid": os.getpid(), "notebooks": notebooks}
+        statuses = {health["status"] for health in notebooks.values()}
+        ok = statuses == {"ok"}
+        overall = "ok" if ok else "failed" if "failed" in statuses else "degraded"
+        body = {"status": overall, "pid": os.getpid(), "notebooks": notebooks}
         return ok, body
 
     async def openapi(request: Request) -> Response:

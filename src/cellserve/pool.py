@@ -159,6 +159,11 @@ class PoolStats:
         serving = (KernelState.IDLE, KernelState.BUSY, KernelState.INTERRUPTING)
         return any(self.count(state) for state in serving)
 
+    @property
+    def gave_up(self) -> bool:
+        """Every kernel slot failed and was given up: this pool will never serve again."""
+        return self.count(KernelState.FAILED) == len(self.kernels)
+
 
 @dataclass(eq=False)
 class _Request:
