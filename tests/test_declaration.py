@@ -192,3 +192,9 @@ def test_every_bad_cell_is_reported_at_once() -> None:
     assert problems[1].startswith("api.ipynb cell 2 (`# GET /b/:`)")
     assert problems[2].startswith("api.ipynb, markdown cell above cell 3, line 2:")
     assert str(caught.value).endswith("(and 2 more; `cellserve check` lists them all)")
+
+
+def test_a_closing_fence_may_be_indented_and_followed_by_spaces() -> None:
+    endpoint = parse("Price.\n```yaml\nquery:\n  q: integer\n  ```  \nIn dollars.").endpoints[0]
+    assert endpoint.contract is not None
+    assert endpoint.description == "In dollars."

@@ -137,10 +137,8 @@ def split_declaration(markdown: str) -> tuple[str | None, int, str]:
             continue
         fence = opened.group(1)
         for end in range(start + 1, len(lines)):
-            if (
-                lines[end].strip().startswith(fence[0] * len(fence))
-                and not lines[end].strip(fence[0]).strip()
-            ):
+            closing = lines[end].strip()
+            if closing.startswith(fence) and not closing.strip(fence[0]):
                 rest = "\n".join(lines[:start] + lines[end + 1 :])
                 return "\n".join(lines[start + 1 : end]), start + 2, rest
         return "\n".join(lines[start + 1 :]), start + 2, "\n".join(lines[:start])
@@ -197,14 +195,17 @@ class _Reader:
 
     def __init__(self, text: str, first_line: int) -> None:
         self.first_line = first_line
+        loader = _Loader(text)
         try:
-            self.root = yaml.compose(text, Loader=_Loader)
-            self.data = yaml.load(text, Loader=_Loader)
+            self.root = loader.get_single_node()
+            self.data = None if self.root is None else loader.construct_document(self.root)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = first_line + (mark.line if mark is not None else 0)
             problem = getattr(exc, "problem", None) or str(exc)
             raise DeclarationError(line, f"this is not valid YAML: {problem}") from exc
+        finally:
+            loader.dispose()
         try:
             json.dumps(self.data, allow_nan=False)
         except (TypeError, ValueError) as exc:
