@@ -153,6 +153,12 @@ def test_a_json_string_body_is_json_not_a_decoding_failure() -> None:
     value, raw = request(body="hello", args={})
     raw = b'"hello"'
     assert check_request(contract, value, raw) == []
+    # Read in the charset it was sent in, as the REQUEST value was.
+    value, _ = request(body="café", args={}, content_type="application/json; charset=latin-1")
+    assert check_request(contract, value, '"café"'.encode("latin-1")) == []
+    assert check_request(contract, value, "café".encode("latin-1"))[0].message == (
+        "the body is not valid JSON"
+    )
 
 
 @pytest.mark.parametrize(

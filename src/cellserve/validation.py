@@ -25,6 +25,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
+from python_multipart.multipart import parse_options_header
 
 if TYPE_CHECKING:  # declaration.py builds each schema's validator with schema_validator
     from cellserve.declaration import Contract, Parameter, RequestBody
@@ -64,7 +65,7 @@ def check_request(contract: Contract, request: Mapping[str, Any], raw_body: byte
     """Problems of `request` (the ``REQUEST`` value, `raw_body` its body as received): at
     most ``MAX_PROBLEMS + 1``, the one past the limit telling that there are more."""
     problems: list[Problem] = []
-    media_type = _media_type(request["headers"].get("Content-Type", ""))
+    media_type, charset = _content_type(request["headers"].get("Content-Type", ""))
     args: Mapping[str, list[str]] = request["args"]
     for parameter in contract.parameters:
         if parameter.location == "path":
@@ -74,7 +75,7 @@ def check_request(contract: Contract, request: Mapping[str, Any], raw_body: byte
         elif parameter.required and "default" not in parameter.schema:
             problems.append(Problem("query", parameter.name, "a required parameter is missing"))
     if contract.body is not None and media_type not in _FORMS:
-        problems += _check_body(contract.body, request["body"], media_type, raw_body)
+        problems += _check_body(contract.body, request["body"], media_type, charset, raw_body)
     return problems[: MAX_PROBLEMS + 1]
 
 
@@ -108,7 +109,7 @@ def _check_value(parameter: Parameter, text: str) -> list[Problem]:
 
 
 def _check_body(
-    declared: RequestBody, body: Any, media_type: str, raw_body: bytes
+    declared: RequestBody, body: Any, media_type: str, charset: str, raw_body: bytes
 ) -> list[Problem]:
     if not raw_body:
         if declared.required:
@@ -117,7 +118,7 @@ def _check_body(
     if media_type != "application/json":
         shown = media_type or "none"
         return [Problem("body", "", f"send JSON with Content-Type: application/json (got {shown})")]
-    if isinstance(body, str) and not _is_json(raw_body):
+    if isinstance(body, str) and not _is_json(raw_body, charset):
         return [Problem("body", "", "the body is not valid JSON")]
     return _schema_problems(declared.validator, body, "body", None)
 
@@ -172,9 +173,12 @@ def _integer(text: str) -> int | None:
         return None
 
 
-def _media_type(content_type: str | list[str]) -> str:
+def _content_type(content_type: str | list[str]) -> tuple[str, str]:
+    """The media type and charset, read as request.py reads them to decode the body."""
     first = content_type[0] if isinstance(content_type, list) else content_type
-    return first.split(";", 1)[0].strip().lower()
+    media_type, options = parse_options_header(first)
+    charset = options.get(b"charset", b"utf-8")
+    return media_type.decode("latin-1").lower(), charset.decode("latin-1")
 
 
 def _is_array(schema: Mapping[str, Any]) -> bool:
@@ -182,10 +186,11 @@ def _is_array(schema: Mapping[str, Any]) -> bool:
     return declared == "array" or (isinstance(declared, list) and "array" in declared)
 
 
-def _is_json(raw: bytes) -> bool:
+def _is_json(raw: bytes, charset: str) -> bool:
+    """Whether `raw` is JSON text in `charset` (a body that is not arrives as its text)."""
     try:
-        json.loads(raw)
-    except ValueError:
+        json.loads(raw.decode(charset))
+    except (LookupError, ValueError):
         return False
     return True
 
