@@ -46,3 +46,8 @@ def test_other_languages_and_unparsable_cells_fall_back_to_literal_text() -> Non
     r_cell = 'cat(toJSON(list("status" = 201)))\n# "status": 409'
     assert response_info_statuses(r_cell, "R") == (409,)
     assert response_info_statuses('def (:\n"status": 404') == (404,)
+
+
+def test_code_nested_too_deeply_to_parse_falls_back_to_literal_text() -> None:
+    source = "x = " + "-" * 100_000 + "1\nprint(json.dumps({'status': 201}))"
+    assert response_info_statuses(source) == (201,)

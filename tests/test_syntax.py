@@ -42,3 +42,12 @@ def test_compiler_errors_are_found_too(source: str, kind: str, message: str) -> 
     error = find_syntax_error(source, cell=1, route="GET /x")
     assert error is not None
     assert (error.kind, error.message, error.line) == (kind, message, 2)
+
+
+@pytest.mark.parametrize("expression", ["-" * 100_000 + "1", "1+" * 100_000 + "1"])
+def test_code_nested_too_deeply_to_parse_is_an_error_of_its_cell(expression: str) -> None:
+    # CPython's parser gives up with MemoryError or RecursionError; IPython could not run it.
+    error = find_syntax_error(f"# GET /x\nx = {expression}", cell=2, route="GET /x")
+    assert error is not None
+    assert (error.cell, error.route) == (2, "GET /x")
+    assert error.kind in ("RecursionError", "MemoryError")

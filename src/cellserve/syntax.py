@@ -47,4 +47,7 @@ def find_syntax_error(source: str, *, cell: int, route: str) -> CellSyntaxError 
         return CellSyntaxError(type(exc).__name__, str(exc.msg), cell, exc.lineno, route)
     except ValueError as exc:  # e.g. a null character in the source
         return CellSyntaxError("SyntaxError", str(exc), cell, None, route)
+    except (RecursionError, MemoryError) as exc:  # nested too deeply for CPython's parser
+        message = str(exc) or "the code is nested too deeply to parse"
+        return CellSyntaxError(type(exc).__name__, message, cell, None, route)
     return None
