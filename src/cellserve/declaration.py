@@ -117,12 +117,17 @@ class Contract:
     body: RequestBody | None = None
     responses: tuple[DeclaredResponse, ...] = ()
 
-    @property
+    @cached_property
     def validates_requests(self) -> bool:
         """Whether a request can break it (a path parameter left a string never can)."""
         return self.body is not None or any(
             p.location == "query" or dict(p.schema) != {"type": "string"} for p in self.parameters
         )
+
+
+def path_parameter(name: str) -> Parameter:
+    """A path parameter declared nowhere: a required string, as Kernel Gateway passes it."""
+    return Parameter(name, "path", {"type": "string"}, True)
 
 
 def split_declaration(markdown: str) -> tuple[str | None, int, str]:
@@ -168,7 +173,7 @@ def parse_declaration(text: str, first_line: int, path_params: Sequence[str]) ->
         *reader.parameters(document.get("query"), "query", path_params),
     ]
     missing = [name for name in path_params if name not in {p.name for p in parameters}]
-    parameters += [Parameter(name, "path", {"type": "string"}, True) for name in missing]
+    parameters += [path_parameter(name) for name in missing]
     parameters.sort(key=lambda p: p.location != "path")
     return Contract(
         parameters=tuple(parameters),

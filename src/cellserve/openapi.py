@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cellserve.declaration import Contract, Parameter
+from cellserve.declaration import Contract, Parameter, path_parameter
 from cellserve.notebook import Endpoint, NotebookApi
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -108,9 +108,7 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
     operation["description"] = (description + "\n\n" if description else "") + (
         f"Served by {section.api.name} cell(s) {cells}."
     )
-    parameters = contract.parameters or tuple(
-        Parameter(name, "path", {"type": "string"}, True) for name in endpoint.path.param_names
-    )
+    parameters = contract.parameters or tuple(map(path_parameter, endpoint.path.param_names))
     if parameters:
         operation["parameters"] = [_parameter(p) for p in parameters]
     if contract.body is not None:
