@@ -18,16 +18,6 @@ from cellserve.notebook import load_notebook
 from cellserve.validation import apply_contract
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "house_prices" / "house_prices.ipynb"
-HOUSE = {
-    "MedInc": 8.3252,
-    "HouseAge": 41.0,
-    "AveRooms": 6.984127,
-    "AveBedrms": 1.02381,
-    "Population": 322.0,
-    "AveOccup": 2.555556,
-    "Latitude": 37.88,
-    "Longitude": -122.23,
-}
 
 
 def main() -> None:
@@ -37,8 +27,9 @@ def main() -> None:
     args = parser.parse_args()
     (endpoint,) = [e for e in load_notebook(EXAMPLE).endpoints if e.label == "POST /get_price"]
     contract = endpoint.contract
-    assert contract is not None
-    for label, body in (("matching body", HOUSE), ("wrong type", {**HOUSE, "MedInc": "lots"})):
+    assert contract is not None and contract.body is not None
+    house = contract.body.example  # the body the notebook declares as its example
+    for label, body in (("matching body", house), ("wrong type", {**house, "MedInc": "lots"})):
         raw = json.dumps(body).encode()
         request = {"body": body, "args": {}, "path": {}, "headers": {}}
         request["headers"]["Content-Type"] = "application/json"
