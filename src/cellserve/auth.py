@@ -90,10 +90,15 @@ def forget_token_variables() -> None:
 
 
 def _blank_original_environment(names: tuple[str, ...]) -> None:
-    with open("/proc/self/stat", "rb") as stat:
-        # Fields after the command name; env_start and env_end are fields 50 and 51.
-        fields = stat.read().rsplit(b")", 1)[1].split()
-    start, end = int(fields[47]), int(fields[48])
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            # Fields after the command name; env_start and env_end are fields 50 and 51.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])
+    except (OSError, IndexError, ValueError):
+        return  # no /proc, or a kernel older than 3.5: nothing to blank
+    if not 0 < start < end:
+        return
     block = ctypes.string_at(start, end - start)
     for name in names:
         entry = name.encode() + b"="
