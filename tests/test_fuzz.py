@@ -371,7 +371,7 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_random_requests_get_documented_statuses_and_the_server_lives(e2e_server: Any) -> None:
-    """A bounded random loop (1,000 requests from four clients at once, at most 90 s): every
+    """A bounded random loop (2,000 requests from four clients at once, at most 90 s): every
     answer has a documented status, errors have a reason, nothing hangs, the token is never
     echoed, and the server is healthy at the end."""
     import os
@@ -389,7 +389,7 @@ def test_random_requests_get_documented_statuses_and_the_server_lives(e2e_server
         rng = random.Random(seed + client_number)
         seen: Counter[int] = Counter()
         with httpx.Client(base_url=e2e_server.url, timeout=30) as client:
-            for number in range(250):
+            for number in range(500):
                 if time.monotonic() > deadline:
                     break
                 request = _random_request(rng)
