@@ -50,7 +50,7 @@ from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
 from cellserve.shutdown import draining
-from cellserve.startup import ServerHooks, running
+from cellserve.startup import ServerDetector, ServerHooks, running
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -378,7 +378,7 @@ def mounted_app(router: Router, settings: Settings, states: Sequence[CellserveAp
     runs `states` listening first (see startup.py); ``app.state.cellserve_server`` says how
     the server wants a failed start reported."""
     app = Starlette(
-        middleware=middleware_for(settings),
+        middleware=[Middleware(ServerDetector), *middleware_for(settings)],
         lifespan=lambda app: running(states, server=app.state.cellserve_server),
     )
     app.state.cellserve_server = ServerHooks()

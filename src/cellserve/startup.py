@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellserve.exceptions import CellserveError
 from cellserve.logs import ensure_logging
@@ -108,6 +109,28 @@ class ServerHooks:
     on_failure: Callable[[BaseException], None] = field(default=exit_after_failed_start)
     ready: bool = False
     """Every notebook has started (a signal before that is an interrupted start)."""
+    listen_first: bool = True
+    """Set per lifespan by `ServerDetector`: false for an in-process test client."""
+
+
+class ServerDetector:
+    """Tells a server's lifespan from an in-process test client's, for `ServerHooks`.
+
+    A server (hypercorn, uvicorn) names the ASGI version in the lifespan scope, as the spec
+    asks, and accepts connections on its own: the app listens first. Starlette's
+    ``TestClient`` sends no ``asgi`` key, and its users expect the app seeded once
+    ``with TestClient(app)`` returns: the lifespan then waits for seeding.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            hooks = getattr(scope["app"].state, "cellserve_server", None)
+            if isinstance(hooks, ServerHooks):
+                hooks.listen_first = "asgi" in scope
+        await self.app(scope, receive, send)
 
 
 @asynccontextmanager
@@ -116,9 +139,12 @@ async def running(
 ) -> AsyncIterator[None]:
     """Run every notebook, one SIGHUP receiver reloading them all, and the metrics updates.
 
-    With `server`, yield at once (listen first) and report a failed start through it;
-    without, yield once every notebook has started, or raise the first start-up error.
+    With `server` (and `server.listen_first`), yield at once and report a failed start
+    through it; otherwise yield once every notebook has started, or raise the first
+    start-up error.
     """
+    if server is not None and not server.listen_first:
+        server = None
     if server is not None:
         ensure_logging()
     stop = anyio.Event()
