@@ -9,6 +9,7 @@ from typing import Any
 
 from cellserve.declaration import Contract, Parameter, path_parameter
 from cellserve.notebook import Endpoint, NotebookApi
+from cellserve.validation import MAX_PROBLEMS
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SERVER_ERRORS = {
@@ -222,6 +223,7 @@ _PROBLEMS_RESPONSE: dict[str, Any] = {
                     "message": {"type": "string"},
                     "problems": {
                         "type": "array",
+                        "maxItems": MAX_PROBLEMS,
                         "items": {
                             "type": "object",
                             "properties": {
