@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,13 +64,13 @@ def current_request() -> RequestContext | None:
     return _current.get()
 
 
-def enter_request(context: RequestContext) -> object:
+def enter_request(context: RequestContext) -> Token[RequestContext | None]:
     """Make `context` current; returns the token ``leave_request`` needs."""
     return _current.set(context)
 
 
-def leave_request(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+def leave_request(token: Token[RequestContext | None]) -> None:
+    _current.reset(token)
 
 
 def note_route(notebook: str, route: str) -> None:

@@ -71,7 +71,15 @@ def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
         notebooks = {prefix: state.health() for prefix, state in states.items()}
         statuses = {health["status"] for health in notebooks.values()}
         ok = statuses == {"ok"}
-        overall = "ok" if ok else "failed" if "failed" in statuses else "degraded"
+        overall = (
+            "ok"
+            if ok
+            else "failed"
+            if "failed" in statuses
+            else "starting"
+            if "starting" in statuses
+            else "degraded"
+        )
         body = {"status": overall, "pid": os.getpid(), "notebooks": notebooks}
         return ok, body
 
