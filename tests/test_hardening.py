@@ -482,7 +482,7 @@ def test_connection_survives_an_answer_given_before_the_body_arrives(
     auth = "" if head == "POST /echo" else f"Authorization: Bearer {TOKEN}\r\n"
     with socket.create_connection(("127.0.0.1", fast.port), timeout=30) as sock:
         sock.sendall(f"{head} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n{auth}\r\n".encode())
-        sock.settimeout(2)
+        sock.settimeout(1)
         try:
             early = sock.recv(65536)  # a server that does not wait for the body answers now
         except TimeoutError:
@@ -532,9 +532,10 @@ def test_exit_in_a_cell_never_costs_the_next_request(tmp_path: Path, execution: 
 async def test_kills_under_load_get_json_answers_never_an_empty_500(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """kill -9 of a kernel, ten times, with four clients at work (and exit() calls among
-    them): every request gets a documented answer with a reason, and no error escapes the
-    app to hypercorn (which would send an empty 500)."""
+    """kill -9 of a kernel at random moments, twenty times, with eight clients at work (and
+    exit() calls among them): every request gets a documented answer with a reason, and no
+    error escapes the app to hypercorn (which would send an empty 500). Before the pool's
+    supervision was rewritten, about one kill in five gave an empty 500 this way."""
     path = write_notebook(tmp_path / "kill.ipynb", EXIT_CELLS)
     app = app_from_notebook(path, kernels=2, timeout=60, queue_timeout=60)
     answers: list[httpx.Response] = []
@@ -543,29 +544,22 @@ async def test_kills_under_load_get_json_answers_never_an_empty_500(
 
         async def work() -> None:
             while not stop.is_set():
-                answers.append(await client.get("/exit" if len(answers) % 17 == 0 else "/work"))
-
-        async def restarts() -> int:
-            stats = (await client.get("/_cellserve/health")).json()["stats"]
-            return sum(kernel["restarts"] for kernel in stats["kernels"])
+                answers.append(await client.get("/exit" if len(answers) % 29 == 0 else "/work"))
 
         with anyio.fail_after(240):
             async with anyio.create_task_group() as tg:
-                for _ in range(4):
+                for _ in range(8):
                     tg.start_soon(work)
                 kills = 0
-                while kills < 10:
-                    before = await restarts()
+                while kills < 20:
+                    # Busy, idle or just handed a request: any moment will do.
+                    await anyio.sleep(random.uniform(0.05, 1.0))
                     health = (await client.get("/_cellserve/health")).json()
                     pids = [k["pid"] for k in health["stats"]["kernels"] if k["pid"]]
-                    if not pids:
-                        await anyio.sleep(0.01)
-                        continue
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(random.choice(pids), signal.SIGKILL)
-                        kills += 1
-                    while await restarts() == before:
-                        await anyio.sleep(0.05)
+                    if pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(random.choice(pids), signal.SIGKILL)
+                            kills += 1
                 stop.set()
         final = await client.get("/work")
     assert final.status_code == 200
