@@ -262,12 +262,11 @@ async def test_table_forgets_finished_jobs_after_the_ttl_and_cancels_on_close() 
 
 
 def test_job_urls_carry_the_notebooks_prefix_in_a_multi_notebook_app(tmp_path: Path) -> None:
-    from starlette.testclient import TestClient
-
     from cellserve import app_from_notebooks
+    from cellserve.testing import notebook_client
 
     path = write_notebook(tmp_path / "quick.ipynb", ["# GET /now\n# cellserve: job\nprint('ok')"])
-    with TestClient(app_from_notebooks({"nb": path})) as client:
+    with notebook_client(app_from_notebooks({"nb": path})) as client:
         accepted = client.get("/nb/now")
         assert accepted.status_code == 202
         location = accepted.headers["location"]

@@ -2,11 +2,12 @@
 
 Copy this file next to your own notebook and change NOTEBOOK and the requests. Run it with
 
+    pip install 'cellserve[testing]' pytest
     CALIFORNIA_HOUSING_CSV=/path/to/california_housing.csv pytest test_house_prices.py
 
-(without the variable the notebook downloads the data set once). `with TestClient(app)` runs
-the app's lifespan: the kernels start and the seed cells run before the first test, and
-they are shut down after the last one. No server or port is involved.
+(without the variable the notebook downloads the data set once). `notebook_client` starts
+the kernels and runs the seed cells before the first test, raises a seed cell's error if
+one fails, and shuts the kernels down after the last test. No server or port is involved.
 """
 
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from cellserve import app_from_notebook
+from cellserve.testing import notebook_client
 
 NOTEBOOK = Path(__file__).with_name("house_prices.ipynb")
 
@@ -34,7 +35,7 @@ HOUSE = {
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     # One app for the whole module: seeding (training the model) happens once.
-    with TestClient(app_from_notebook(NOTEBOOK, timeout=60)) as client:
+    with notebook_client(NOTEBOOK, timeout=60) as client:
         yield client
 
 
