@@ -13,7 +13,7 @@ Hostile input gets a 400 with a reason, never a crash: an unknown charset or one
 a text encoding (``base64``, ``rot13``...); JSON nested deeper than ``MAX_JSON_DEPTH`` levels;
 a JSON integer longer than Python's conversion limit (``sys.get_int_max_str_digits()``,
 4300 digits by default). Bodies over ``INLINE_BODY_LIMIT`` bytes are parsed in a worker
-thread (``request_json``), so parsing one never stalls the server's other clients.
+thread (``build_request``), so parsing one never stalls the server's other clients.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class RequestParts:
     path_params: Mapping[str, str] = field(default_factory=dict)
 
 
-async def build_request(parts: RequestParts, *, token: str | None = None) -> tuple[Any, str]:
+async def build_request(
+    parts: RequestParts, *, token: str | None = None
+) -> tuple[dict[str, Any], str]:
     """The ``REQUEST`` value and its JSON text; built in a worker thread when the body is
     larger than ``INLINE_BODY_LIMIT``, so that parsing it never stalls other clients."""
     if len(parts.body) <= INLINE_BODY_LIMIT:
@@ -70,7 +72,7 @@ async def build_request(parts: RequestParts, *, token: str | None = None) -> tup
     return await anyio.to_thread.run_sync(_value_and_json, parts, token)
 
 
-def _value_and_json(parts: RequestParts, token: str | None) -> tuple[Any, str]:
+def _value_and_json(parts: RequestParts, token: str | None) -> tuple[dict[str, Any], str]:
     value = build_request_value(parts, token=token)
     return value, json.dumps(value)
 
