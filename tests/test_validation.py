@@ -208,3 +208,32 @@ def test_a_body_breaking_its_schema_per_item_lists_a_bounded_number_of_problems(
     # One past the limit says that there are more; the rest were never computed.
     assert len(found) == MAX_PROBLEMS + 1
     assert found[0] == {"in": "body", "at": "/0", "message": "1 is not of type 'string'"}
+
+
+@pytest.mark.parametrize(
+    ("items", "unique"),
+    [
+        ([1, 1.0], False),
+        ([0, -0.0], False),
+        ([True, 1], True),  # booleans are not numbers in JSON Schema
+        ([[True], [1]], True),
+        ([None, 0], True),
+        (["1", 1], True),
+        ([{"a": 1, "b": 2}, {"b": 2, "a": 1}], False),
+        ([{"a": [1]}, {"a": [1, 2]}], True),
+        ([[1, [2]], [1, [2.0]]], False),
+    ],
+)
+def test_unique_items_keeps_json_schemas_equality(items: list[Any], unique: bool) -> None:
+    contract = parse_declaration("body: {schema: {uniqueItems: true}}", 1, [])
+    assert (problems(contract, args={}, body=items) == []) is unique
+
+
+def test_unique_items_is_one_pass_over_a_large_array_of_objects() -> None:
+    # jsonschema compares every pair of objects: hours for this array (2 MB), on the event
+    # loop for bodies up to 64 kB.
+    contract = parse_declaration("body: {schema: {uniqueItems: true}}", 1, [])
+    houses = [{"id": i, "rooms": [i % 7]} for i in range(100_000)]
+    assert problems(contract, args={}, body=houses) == []
+    (problem,) = problems(contract, args={}, body=[*houses, {"rooms": [3], "id": 3}])
+    assert problem["message"].endswith("has non-unique elements")
