@@ -68,5 +68,7 @@ class RoundRobinProxy:
             )
         except httpx.HTTPError as exc:
             return Response(f"{backend}: {exc!r}", status_code=502)
+        except Exception as exc:  # the proxy's own fault: say so, apart from the backends'
+            return Response(f"proxy error forwarding to {backend}: {exc!r}", status_code=500)
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         return Response(answer.content, status_code=answer.status_code, headers=kept)

@@ -167,7 +167,7 @@ async def test_rolling_restart_under_load_fails_no_request(notebook, tmp_path: P
     print(
         f"\nrolling restart of 2 replicas: {dict(load.answers)}, by kernel {dict(load.served_by)}"
     )
-    assert load.failures == []
+    assert load.failures == [], _server_errors(started)
     assert slow == [200] * 4  # the running and the queued slow requests of each old replica
     assert len(load.served_by) == 4  # every replica, old and new, served some of the load
     for statuses in readiness:
@@ -175,6 +175,17 @@ async def test_rolling_restart_under_load_fails_no_request(notebook, tmp_path: P
         assert statuses, "the replica stopped accepting at once"
         assert {status for _, status in statuses} == {503}, statuses
         assert statuses[-1][0] >= DRAIN_DELAY * 0.9, statuses
+
+
+def _server_errors(replicas: list[Replica]) -> str:
+    """The replicas' log lines about failed requests, to explain a failure."""
+    lines = [
+        f"{replica.url}: {line}"
+        for replica in replicas
+        for line in replica.process.output.splitlines()
+        if " 500 " in line or " 502 " in line or " 503 " in line or "Error" in line
+    ]
+    return "\n".join(lines[-40:])
 
 
 def _true_when(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:

@@ -60,11 +60,13 @@ async def stop_after_drain(
     signals: tuple[signal.Signals, ...],
     *,
     stop_requested: Callable[[], bool] | None = None,
+    hurry_requested: Callable[[], bool] | None = None,
 ) -> None:
     """hypercorn's shutdown trigger: return `delay` seconds after a stop was asked for.
 
-    A stop is one of `signals`, or `stop_requested()` turning true (polled: used for a
-    worker's parent, whose request is shared memory with nothing to await).
+    A stop is one of `signals`, or `stop_requested()` turning true; a second signal, or
+    `hurry_requested()` turning true, ends the delay early. (The callables are polled: a
+    worker's parent asks through shared memory, which has nothing to await.)
     """
     asked = asyncio.Event()
     hurry = asyncio.Event()
@@ -73,24 +75,26 @@ async def stop_after_drain(
     def on_signal(number: int) -> None:
         drain.begin()  # /ready turns 503 before any request is read after the signal
         drain.signal = drain.signal or number
-        if asked.is_set():
-            hurry.set()
-        asked.set()
+        (hurry if asked.is_set() else asked).set()
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    if stop_requested is None:
-        await asked.wait()
-    else:
-        while not (asked.is_set() or stop_requested()):  # noqa: ASYNC110
-            await anyio.sleep(_POLL_SECONDS)
-        drain.begin()
-        asked.set()  # so that a signal from now on cuts the delay short
+    await _until(asked, stop_requested)
+    drain.begin()
+    asked.set()  # from now on, a signal cuts the delay short
     if delay > 0:
         logger.info("draining: /ready answers 503; serving for %g s more", delay)
         with anyio.move_on_after(delay):
-            await hurry.wait()
+            await _until(hurry, hurry_requested)
     logger.info("stopping: finishing requests, then shutting kernels down")
+
+
+async def _until(event: asyncio.Event, polled: Callable[[], bool] | None) -> None:
+    if polled is None:
+        await event.wait()
+        return
+    while not (event.is_set() or polled()):  # noqa: ASYNC110
+        await anyio.sleep(_POLL_SECONDS)
 
 
 class DrainMiddleware:

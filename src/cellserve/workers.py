@@ -12,7 +12,8 @@ The parent only supervises:
   ``/ready`` answers 503 from that moment), stops, finishing its requests within the
   shutdown grace, and stops its kernels; the parent waits for them. Workers ignore SIGINT,
   so Ctrl-C in a terminal, which reaches the whole process group, stops them through the
-  parent, once. A worker also drains on its own SIGTERM, and when its parent disappears.
+  parent, once. A second signal cuts every worker's drain delay short (a shared event). A
+  worker also drains on its own SIGTERM, and when its parent disappears.
 * SIGHUP is passed on to every worker: each reloads its notebooks.
 * Metrics: the workers share a private ``PROMETHEUS_MULTIPROC_DIR``, so that
   ``/_cellserve/metrics`` on any worker reports the sum over all of them.
@@ -91,6 +92,7 @@ def _supervise(
 ) -> int:
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
+    hurry = context.Event()
     sockets = config.create_sockets()
     workers: list[BaseProcess] = []
     stopping = False
@@ -98,7 +100,7 @@ def _supervise(
     def request_stop(signum: int, _: FrameType | None) -> None:
         nonlocal stopping
         if stopping:  # a second signal: the workers cut their drain delay short
-            pass_on(signal.SIGTERM, None)
+            hurry.set()
         else:
             logger.info("stopping %d workers: finishing requests, then kernels", len(workers))
         stopping = True
@@ -123,6 +125,7 @@ def _supervise(
                     "config": config,
                     "sockets": sockets,
                     "stop": stop,
+                    "hurry": hurry,
                     "delay": settings.drain_delay,
                 },
             )
@@ -185,6 +188,7 @@ def _worker(
     config: Any,
     sockets: Any,
     stop: Event,
+    hurry: Event,
     delay: float,
 ) -> None:
     """One worker process: build the app, serve it on the shared sockets until told to stop."""
@@ -204,7 +208,9 @@ def _worker(
 
     def until_stopped() -> Awaitable[None]:
         signals = (signal.SIGTERM,)
-        return stop_after_drain(drain, delay, signals, stop_requested=stop_requested)
+        return stop_after_drain(
+            drain, delay, signals, stop_requested=stop_requested, hurry_requested=hurry.is_set
+        )
 
     try:
         wrapped = wrap_app(app, config.wsgi_max_body_size, None)
