@@ -13,7 +13,9 @@ Python's conversion limit stays text (and breaks its declared type), ``Infinity`
 (which Python's JSON parser accepts) break a ``multipleOf``, a ``format: regex`` value nested
 past the recursion limit is not a regex; and at most ``MAX_PROBLEMS`` problems are listed.
 Nor can one cost quadratic time: ``uniqueItems`` is checked in one pass (jsonschema compares
-every pair of objects: a 20 kB array of objects took 7 s, on the event loop).
+every pair of objects: a 20 kB array of objects took 7 s, on the event loop), and
+``unevaluatedItems``/``unevaluatedProperties`` look the evaluated ones up in a set
+(jsonschema's list made them quadratic: python-jsonschema/jsonschema#1536).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
+from jsonschema._utils import (  # what jsonschema's own unevaluated* keywords use
+    extras_msg,
+    find_evaluated_item_indexes_by_schema,
+    find_evaluated_property_keys_by_schema,
+)
 from python_multipart.multipart import parse_options_header
 
 if TYPE_CHECKING:  # declaration.py builds each schema's validator with schema_validator
@@ -236,6 +243,47 @@ def _unique_items(
         seen.add(key)
 
 
+def _unevaluated_items(
+    validator: Any, unevaluated: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """jsonschema's ``unevaluatedItems``, the evaluated indexes in a set (one pass)."""
+    if not validator.is_type(instance, "array"):
+        return
+    evaluated = set(find_evaluated_item_indexes_by_schema(validator, instance, schema))
+    unexpected = [item for index, item in enumerate(instance) if index not in evaluated]
+    if unexpected:
+        listed, verb = extras_msg(unexpected)
+        yield ValidationError(f"Unevaluated items are not allowed ({listed} {verb} unexpected)")
+
+
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """jsonschema's ``unevaluatedProperties``, the evaluated keys in a set (one pass)."""
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = set(find_evaluated_property_keys_by_schema(validator, instance, schema))
+    failing = [
+        key
+        for key, value in instance.items()
+        if key not in evaluated
+        for _ in validator.descend(value, unevaluated, path=key, schema_path=key)
+    ]
+    if not failing:
+        return
+    if unevaluated is False:
+        listed, verb = extras_msg(sorted(failing, key=str))
+        yield ValidationError(
+            f"Unevaluated properties are not allowed ({listed} {verb} unexpected)"
+        )
+    else:
+        listed, verb = extras_msg(failing)
+        yield ValidationError(
+            "Unevaluated properties are not valid under the given schema "
+            f"({listed} {verb} unevaluated and invalid)"
+        )
+
+
 def _equality_key(value: Any) -> Hashable:
     """Equal for values JSON Schema calls equal: ``1`` and ``1.0`` are, ``true`` and ``1`` are
     not, objects regardless of key order. Recursion is bounded by request.MAX_JSON_DEPTH."""
@@ -250,7 +298,13 @@ def _equality_key(value: Any) -> Hashable:
 
 _MULTIPLE_OF = Draft202012Validator.VALIDATORS["multipleOf"]
 _Validator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator, {"multipleOf": _multiple_of, "uniqueItems": _unique_items}
+    Draft202012Validator,
+    {
+        "multipleOf": _multiple_of,
+        "uniqueItems": _unique_items,
+        "unevaluatedItems": _unevaluated_items,
+        "unevaluatedProperties": _unevaluated_properties,
+    },
 )
 _FORMATS = FormatChecker(())
 _FORMATS.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
