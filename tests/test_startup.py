@@ -253,3 +253,20 @@ def test_live_progress_on_a_terminal(notebook, tmp_path: Path) -> None:
     assert "notebook" in text and "kernel" in text  # the table's header
     assert "seed cell 1 (1 of 1) running" in text  # the log lines, above it
     assert server.returncode == 0
+
+
+def test_test_client_waits_for_seeding_and_raises_a_seed_error(notebook) -> None:
+    """In-process (Starlette's TestClient: no ``asgi`` key in the lifespan scope) the lifespan
+    waits for seeding, and a seed error is raised in the test, never ending the process."""
+    from starlette.testclient import TestClient
+
+    from cellserve import SeedError, app_from_notebook
+
+    with TestClient(app_from_notebook(notebook(["x = 41", "# GET /x\nprint(x + 1)"]))) as client:
+        assert client.get("/x").text == "42\n"  # no 503: seeded before the block runs
+    broken = app_from_notebook(notebook(["1 / 0", "# GET /x\nprint(1)"], name="broken.ipynb"))
+    with (
+        pytest.raises(SeedError, match="seed cell 1 raised ZeroDivisionError"),
+        TestClient(broken),
+    ):
+        pytest.fail("started although its seed cell raises")

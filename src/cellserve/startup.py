@@ -54,20 +54,43 @@ class Notebook(Protocol):
     def pools(self) -> list[tuple[str, int, KernelPool]]: ...
 
 
-def exit_after_failed_start(error: BaseException) -> None:
-    """What a server does when a notebook cannot start: one line, then exit status 1.
+def report_failed_start(error: BaseException) -> None:
+    """The default when a notebook cannot start under a server (kernels already stopped).
 
-    Kernels are already stopped. A server cannot be told from inside its app to exit with
-    a failure once its lifespan has started, so the process ends here.
+    In a process started by hypercorn's or cellserve's command line (or a worker they
+    spawned): one line, then exit status 1 (a server cannot be told from inside its app to
+    exit with a failure once its lifespan has started). Embedded in someone else's process
+    (their code calls ``hypercorn.asyncio.serve``), the process is not ours to end: the
+    error is logged once, and health, ``/ready`` (503) and the notebook's routes (503) say
+    what failed.
     """
+    command = _server_command()
+    if command is None:
+        logger.error("start-up failed: %s", error)
+        return
     print(f"cellserve: start-up failed: {error}", file=sys.stderr, flush=True)
     logging.shutdown()
-    _end_hypercorn_master()
+    if command == "hypercorn":
+        _end_hypercorn_master()
     os._exit(1)
 
 
+def _server_command() -> str | None:
+    """``hypercorn`` or ``cellserve`` when this process runs that command line, or is a
+    worker it spawned (whose parent's main module is re-imported as ``__mp_main__``)."""
+    for name in ("__main__", "__mp_main__"):
+        main = sys.modules.get(name)
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else ""
+        path = Path(getattr(main, "__file__", None) or "")
+        for command in ("hypercorn", "cellserve"):
+            if path.name == command or module in (f"{command}.__main__", f"{command}.cli"):
+                return command
+    return None
+
+
 def _end_hypercorn_master() -> None:
-    """End the hypercorn master process this worker belongs to, if it is one.
+    """End the hypercorn master process, if this is one of its spawned workers.
 
     hypercorn's ``run()`` (0.17, 0.18) exits 0 when its workers exit with an error at once
     (always so with one worker): it drops the exited workers, then re-reads the exit codes of
@@ -77,9 +100,6 @@ def _end_hypercorn_master() -> None:
     status is then 137. (Linux: the process tree is read from /proc.)
     """
     if multiprocessing.parent_process() is None:
-        return
-    main = Path(getattr(sys.modules.get("__mp_main__"), "__file__", None) or "")
-    if "hypercorn" not in (main.name, main.parent.name):
         return
     master = os.getppid()
     try:
@@ -106,7 +126,7 @@ class ServerHooks:
     """
 
     url: str | None = None
-    on_failure: Callable[[BaseException], None] = field(default=exit_after_failed_start)
+    on_failure: Callable[[BaseException], None] = field(default=report_failed_start)
     ready: bool = False
     """Every notebook has started (a signal before that is an interrupted start)."""
     listen_first: bool = True
