@@ -223,7 +223,10 @@ async def test_two_kernels_run_four_requests_two_at_a_time(notebook: MakeNoteboo
 async def test_full_queue_answers_503_with_retry_after_on_plain_and_streaming_routes(
     notebook: MakeNotebook,
 ) -> None:
-    app = app_from_notebook(api_notebook(notebook), kernels=1, max_queue=1, timeout=30)
+    # No pipelining: the second request must wait in the server's queue, not in the kernel.
+    app = app_from_notebook(
+        api_notebook(notebook), kernels=1, max_queue=1, timeout=30, pipeline_depth=1
+    )
     async with serving(app) as url, client_for(url) as client:
         results: dict[str, httpx.Response] = {}
 
@@ -416,7 +419,8 @@ async def test_killed_kernel_is_replaced_while_the_other_keeps_serving(
 async def test_client_gone_while_queued_leaves_the_queue_and_its_cell_never_runs(
     notebook: MakeNotebook,
 ) -> None:
-    app = app_from_notebook(api_notebook(notebook), kernels=1, timeout=30)
+    # No pipelining: a request sent into the kernel would run; this one must stay queued.
+    app = app_from_notebook(api_notebook(notebook), kernels=1, timeout=30, pipeline_depth=1)
     async with serving(app) as url, client_for(url) as client:
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:

@@ -213,7 +213,7 @@ class BookMachine(RuleBasedStateMachine):
             if isinstance(effect, Assign):
                 waiter, kernel = effect.waiter, effect.kernel
                 assert kernel not in self.lost, "assigned to a lost kernel"
-                assert kernel not in self.running.values(), "a kernel holds two requests"
+                self.check_room(waiter, kernel)
                 assert kernel not in self.interrupting
                 if waiter != submitted:
                     assert self.queue and self.queue[0] == waiter, "not first in, first out"
@@ -236,6 +236,9 @@ class BookMachine(RuleBasedStateMachine):
             isinstance(e, Assign | Refuse) and e.waiter == submitted for e in effects
         ):
             self.queue.append(submitted)
+
+    def check_room(self, waiter: str, kernel: str) -> None:
+        assert kernel not in self.running.values(), "a kernel holds two requests"
 
     def mark_lost(self, kernel: str) -> None:
         self.lost.add(kernel)
@@ -401,6 +404,115 @@ TestBookMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def pipelines(waiter: str, kernel: str) -> bool:
+    """In the pipelined tests, requests named ``x…`` take the execute path: never shared."""
+    return not waiter.startswith("x")
+
+
+class PipelinedBookMachine(BookMachine):
+    """The same events with pipelining (depth 2): at most two calls in flight per kernel, both
+    pipelinable; and everything the plain machine checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = PoolBook(
+            self.size, max_queue=4, max_start_failures=2, depth=2, pipelines=pipelines
+        )
+        for slot in range(self.size):
+            self.book.starting(slot)
+
+    def check_room(self, waiter: str, kernel: str) -> None:
+        holders = [w for w, k in self.running.items() if k == kernel]
+        assert len(holders) < 2, "more than two calls in flight on one kernel"
+        if holders:
+            assert pipelines(waiter, kernel) and pipelines(holders[0], kernel), "shared alone"
+
+    @rule()
+    def submit_exclusive(self) -> None:
+        waiter = f"x{next(self.names)}"
+        self.submitted += 1
+        self.apply(self.book.submit(waiter), submitted=waiter)
+
+
+TestPipelinedBookMachine = PipelinedBookMachine.TestCase
+TestPipelinedBookMachine.settings = TestBookMachine.settings
+
+
+def pipelined_book(*kernels: str) -> Book:
+    book: Book = PoolBook(len(kernels), depth=2, pipelines=pipelines)
+    for slot, kernel in enumerate(kernels):
+        book.starting(slot)
+        book.kernel_ready(slot, kernel)
+    return book
+
+
+def test_a_busy_kernel_takes_a_second_call_but_not_a_third() -> None:
+    book = pipelined_book("a")
+    assert assigned(book.submit("r1")) == [("r1", "a")]
+    assert assigned(book.submit("r2")) == [("r2", "a")]  # sent while r1 runs
+    assert book.submit("r3") == []
+    assert assigned(book.done("r1")) == [("r3", "a")]  # two in flight again
+    assert book.slot(0).state is KernelState.BUSY
+    book.done("r2")
+    book.done("r3")
+    assert book.free == ("a",)
+
+
+def test_idle_kernels_come_before_pipelining() -> None:
+    book = pipelined_book("a", "b")
+    assert [assigned(book.submit(w)) for w in ("r1", "r2", "r3", "r4", "r5")] == [
+        [("r1", "a")],
+        [("r2", "b")],
+        [("r3", "a")],
+        [("r4", "b")],
+        [],
+    ]
+
+
+def test_calls_that_cannot_pipeline_take_a_kernel_alone() -> None:
+    book = pipelined_book("a")
+    book.submit("x1")
+    assert book.submit("r1") == []  # nothing joins an exclusive call
+    assert assigned(book.done("x1")) == [("r1", "a")]
+    assert book.submit("x2") == []  # an exclusive call waits for an empty kernel
+    assert book.submit("r2") == []  # and keeps its place: first in, first out
+    assert assigned(book.done("r1")) == [("x2", "a")]
+    assert assigned(book.done("x2")) == [("r2", "a")]
+
+
+def test_a_timeout_interrupts_the_running_call_and_keeps_the_one_behind() -> None:
+    book = pipelined_book("a")
+    book.submit("r1")
+    book.submit("r2")
+    book.submit("r3")
+    assert book.timed_out("r1") == [Interrupt(0, "a")]
+    assert book.running == {"r2": "a"}
+    assert book.slot(0).state is KernelState.INTERRUPTING
+    assert book.done("r2") == []  # nothing new while the interrupt is under way
+    assert assigned(book.interrupted("a", ok=True)) == [("r3", "a")]
+    assert book.ended == Counter({Ending.TIMED_OUT: 1, Ending.SERVED: 1})
+
+
+def test_a_call_abandoned_behind_another_does_not_interrupt_it() -> None:
+    book = pipelined_book("a")
+    book.submit("r1")
+    book.submit("r2")
+    book.submit("r3")
+    assert assigned(book.leave("r2", Ending.CANCELLED)) == [("r3", "a")]
+    assert book.interrupts == 0
+    assert book.running == {"r1": "a", "r3": "a"}
+
+
+def test_a_crash_ends_both_calls_and_retires_the_kernel_after_the_last() -> None:
+    book = pipelined_book("a")
+    book.submit("r1")
+    book.submit("r2")
+    assert book.failed("r1", "died") == []  # r2 still reads from the kernel
+    assert book.failed("r2", "died") == [Retire(0, "a")]
+    assert book.ended[Ending.KERNEL_LOST] == 2
+    assert book.crashes == 1
 
 
 def test_every_waiter_ends_once_after_closing_and_draining() -> None:

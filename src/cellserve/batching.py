@@ -25,6 +25,7 @@ unchanged, and each request still gets its own access-log line.
 batch*. The first request of a batch asks the pool for a kernel as any request does, and the
 batch is sealed when a kernel takes it (``Kernel.begin`` calls ``CellCall.seal``): a free
 kernel runs what is queued now, so at low load a request runs alone, without added latency.
+A batch is never pipelined into a busy kernel: it waits for a free one, gathering requests.
 Later requests open the next batch. A batch holds at most ``max_size`` requests; with
 ``max_wait_ms`` its first request waits up to that long for it to fill before asking for a
 kernel. The pool sees one call per batch: timeouts (504), crashes (503) and queue refusals

@@ -50,6 +50,13 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ),
     ("--max-queue", "max_queue", {"type": int}, "requests allowed to wait (default 100)"),
     (
+        "--pipeline-depth",
+        "pipeline_depth",
+        {"type": int},
+        "fast-path requests in flight per kernel; 2 keeps the next one waiting in the kernel, "
+        "1 turns that off (default 2)",
+    ),
+    (
         "--auth-token",
         "auth_token",
         {},

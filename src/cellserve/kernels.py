@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import hashlib
 import json
@@ -131,10 +132,15 @@ class Kernel:
         self._unsupported_keys: set[str] = set()
         self._exiting = False
         # Several fast-path calls may be in flight (pipelining). One task reads IOPub at a
-        # time; answers it reads for another call in flight wait in the inbox.
-        self._reading = asyncio.Lock()
+        # time; answers it reads for another call in flight wait in the inbox, and `_changed`
+        # wakes the calls waiting for them. The kernel runs calls in the order they were
+        # sent, so the oldest one in flight is the one running: its timeout counts from when
+        # it became the oldest (`_head_since`), not from when it was sent.
+        self._reading = False
+        self._changed = asyncio.Event()
         self._in_flight: dict[str, int] = {}  # msg_id → interrupts sent before it went out
         self._inbox: dict[str, dict[str, Any]] = {}
+        self._head_since = 0.0
         self._interrupts = 0
 
     @property
@@ -277,9 +283,13 @@ class Kernel:
         self._wire = CommWire(session.auth, session.session, session.username, comm_id)
 
     def can_pipeline(self, call: CellCall) -> bool:
-        """Whether `call` takes the fast path, so it may be sent while another one runs."""
+        """Whether `call` takes the fast path, so it may be sent while another one runs.
+
+        A batch still open is not: it must take in what queues until a kernel is free for it.
+        """
         return (
             self._wire is not None
+            and call.seal is None
             and not call.stream
             and _code_key(call.source) not in self._unsupported_keys
         )
@@ -309,13 +319,13 @@ class Kernel:
     async def _finish(
         self, pending: PendingCall, timeout: float | None, on_stdout: StdoutSink | None
     ) -> CellOutcome:
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
         call, key = pending.call, pending.key
         if pending.msg_id is not None:
-            answer = await self._dispatch_answer(pending, deadline)
+            answer = await self._dispatch_answer(pending, timeout)
             if answer is not None:
                 return answer
             self._unsupported_keys.add(key)
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         assignment = request_assignment(self.config.language, call.request_json, call.variable)
         code = assignment + "\n" + call.source
         cell = await self._execute(code, deadline, on_stdout)
@@ -345,10 +355,14 @@ class Kernel:
             self._client.shell_channel.socket.send_multipart(frames)
         except zmq.ZMQError as exc:
             raise KernelError(f"cannot send to kernel {self.id}: {exc}") from exc
+        if not self._in_flight:
+            self._head_since = time.monotonic()
         self._in_flight[msg_id] = self._interrupts
         return msg_id
 
-    async def _dispatch_answer(self, pending: PendingCall, deadline: float) -> CellOutcome | None:
+    async def _dispatch_answer(
+        self, pending: PendingCall, timeout: float | None
+    ) -> CellOutcome | None:
         """The dispatcher's answer, or None when the route needs execute_request instead.
 
         The call is sent again, with its code, once: when the kernel lost the route's code,
@@ -358,10 +372,9 @@ class Kernel:
         assert msg_id is not None
         for attempt in range(2):
             try:
-                answer = await self._comm_answer(msg_id, deadline)
+                answer = await self._comm_answer(msg_id, timeout)
             finally:
-                sent_after = self._in_flight.pop(msg_id, self._interrupts)
-                self._inbox.pop(msg_id, None)
+                sent_after = self._forget_call(msg_id)
             self._known_keys.add(pending.key)
             if pending.call.response_info is not None:
                 self._known_keys.add(_code_key(pending.call.response_info))
@@ -379,27 +392,78 @@ class Kernel:
                 msg_id = self._send_dispatch(pending.call, pending.key, with_code=True)
         raise KernelError("the dispatcher lost the route's code twice")
 
-    async def _comm_answer(self, msg_id: str, deadline: float) -> dict[str, Any]:
+    async def _comm_answer(self, msg_id: str, timeout: float | None) -> dict[str, Any]:
         """The comm answer to `msg_id`, read by this task or by another call's task."""
-        assert self._wire is not None
         while msg_id not in self._inbox:
-            async with _deadline(deadline):
-                await self._reading.acquire()
+            deadline = self._deadline_of(msg_id, timeout)
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError
+            horizon = min(deadline, now + _POLL_SECONDS)
+            if self._reading:
+                await self._wait_changed(horizon)
+                continue
+            self._reading = True
             try:
-                while msg_id not in self._inbox:
-                    frames = await self._next_frames(
-                        self._client.iopub_channel, deadline, skip_status=True
-                    )
-                    try:
-                        parsed = self._wire.answer(frames)
-                    except BadMessage as exc:
-                        logger.warning("kernel %s: dropped %s", self.id, exc)
-                        continue
-                    if parsed is not None and parsed[0] in self._in_flight:
-                        self._inbox[parsed[0]] = parsed[1]
+                self._route(
+                    await self._next_frames(self._client.iopub_channel, horizon, skip_status=True)
+                )
+            except TimeoutError:
+                if time.monotonic() >= self._deadline_of(msg_id, timeout):
+                    raise
+                if not await self.is_alive():
+                    raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
             finally:
-                self._reading.release()
+                self._reading = False
+                self._notify()
         return self._inbox.pop(msg_id)
+
+    def _deadline_of(self, msg_id: str, timeout: float | None) -> float:
+        """When the call `msg_id` times out: `timeout` after it became the oldest in flight."""
+        if timeout is None or next(iter(self._in_flight), None) != msg_id:
+            return math.inf
+        return self._head_since + timeout
+
+    def _forget_call(self, msg_id: str) -> int:
+        """`msg_id` is answered or abandoned; the interrupt count from when it was sent."""
+        was_head = next(iter(self._in_flight), None) == msg_id
+        sent_after = self._in_flight.pop(msg_id, self._interrupts)
+        self._inbox.pop(msg_id, None)
+        if was_head:
+            self._head_since = time.monotonic()
+        return sent_after
+
+    def _route(self, frames: list[bytes]) -> bool:
+        """Keep a comm answer for the call in flight it belongs to; False if not a comm answer."""
+        assert self._wire is not None
+        try:
+            parsed = self._wire.answer(frames)
+        except BadMessage as exc:
+            logger.warning("kernel %s: dropped %s", self.id, exc)
+            return True
+        if parsed is None:
+            return False
+        if parsed[0] in self._in_flight:
+            self._inbox[parsed[0]] = parsed[1]
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_changed(self, until: float) -> None:
+        """Wait until the reader stored an answer or stepped down, or until `until`."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with _deadline(until):
+                await changed.wait()
+
+    async def _become_reader(self, deadline: float) -> None:
+        while self._reading:
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+            await self._wait_changed(min(deadline, time.monotonic() + _POLL_SECONDS))
+        self._reading = True
 
     async def _execute(
         self, code: str, deadline: float, on_stdout: StdoutSink | None = None
@@ -407,12 +471,30 @@ class Kernel:
         msg_id = self._client.execute(
             code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False
         )
+        await self._become_reader(deadline)
+        try:
+            return await self._read_execution(msg_id, deadline, on_stdout)
+        finally:
+            self._reading = False
+            self._notify()
+
+    async def _read_execution(
+        self, msg_id: str, deadline: float, on_stdout: StdoutSink | None
+    ) -> CellOutput:
+        """Collect `msg_id`'s output until the kernel is idle; comm answers for calls in
+        flight met on the way go to the inbox."""
+        session = self._client.session
         stdout = LimitedText(self.config.max_output_chars)
         result: Mapping[str, Any] | None = None
         displays: list[Mapping[str, Any]] = []
         error: CellError | None = None
         while True:
-            msg = await self._next_iopub(deadline)
+            frames = await self._next_frames(self._client.iopub_channel, deadline)
+            if self._wire is not None and self._route(frames):
+                self._notify()
+                continue
+            _, message = session.feed_identities(frames)
+            msg = session.deserialize(message)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -443,9 +525,6 @@ class Kernel:
                 if any(p.get("source") == "ask_exit" and not p.get("keepkernel") for p in payloads):
                     self._exiting = True  # the cell called exit(): the kernel stops soon
                 return
-
-    async def _next_iopub(self, deadline: float) -> dict[str, Any]:
-        return await self._next(self._client.iopub_channel, deadline)
 
     async def _next(self, channel: Any, deadline: float) -> dict[str, Any]:
         """The next message from `channel`, decoded by jupyter_client."""

@@ -75,6 +75,11 @@ class KernelHandle(Protocol):
         """Send `call` now if the kernel can take it without waiting (never blocks)."""
         ...
 
+    def can_pipeline(self, call: CellCall) -> bool:
+        """Whether `call` may be sent while another such call still runs (the kernel runs
+        them in order and tells their answers apart)."""
+        ...
+
     async def finish(
         self, pending: PendingCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
     ) -> CellOutcome:
@@ -112,6 +117,9 @@ class PoolLimits:
     """How often a slot checks that its kernel process lives."""
     restart_backoff: float = 0.5
     """After failing to start a kernel a slot waits 2, 4... times this (at most 20) to retry."""
+    pipeline_depth: int = 2
+    """Fast-path calls a kernel may hold at once: with 2, the next request is already waiting
+    in the kernel when it finishes one (1 turns pipelining off)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,8 @@ class KernelStats:
     last_error: str | None
     seed_seconds: float | None
     """How long the current kernel took to start and seed."""
+    in_flight: int = 0
+    """Requests sent to the kernel and not yet answered (2 when one is pipelined)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,8 @@ class KernelPool:
             max_queue=limits.max_queue,
             max_start_failures=limits.max_seed_failures,
             backoff=limits.restart_backoff,
+            depth=limits.pipeline_depth,
+            pipelines=lambda request, kernel: kernel.can_pipeline(request.call),
         )
         self._wake = [anyio.Event() for _ in range(size)]
         self._owned: list[KernelHandle | None] = [None] * size
@@ -520,6 +532,7 @@ class KernelPool:
                     restarts=s.restarts,
                     last_error=s.last_error,
                     seed_seconds=seed_seconds,
+                    in_flight=s.in_flight,
                 )
                 for s, owned, seed_seconds in zip(
                     slots, self._owned, self._seed_seconds, strict=True

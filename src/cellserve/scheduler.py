@@ -9,8 +9,16 @@ calls, so a task cancelled at any point leaves the books consistent; stale event
 kernel already lost, or a waiter already ended) change nothing.
 
 Free kernels are handed out least recently used first (Kernel Gateway's rotation: a, b, c,
-a, ...); when none is free, requests wait in one FIFO shared by all kernels. A kernel runs one
-request at a time, and a kernel that was lost is never handed out again.
+a, ...); when none is free, requests wait in one FIFO shared by all kernels. A kernel that was
+lost is never handed out again.
+
+**Pipelining.** With ``depth`` > 1, a busy kernel may also take the next request before it
+finishes the one it runs, up to `depth` in flight, so it never waits for the server between
+requests. Only calls that ``pipelines(waiter, kernel)`` allows share a kernel (the fast path:
+the kernel runs them in order); any other call takes a kernel alone. A kernel takes nothing new
+while it is being interrupted. The call it runs is the oldest in flight, so only that one's
+timeout or abandonment interrupts it; a call behind it that is abandoned is just dropped from
+the books (the kernel still runs it, and its answer is ignored).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -119,6 +127,8 @@ class SlotView(Generic[K]):
     last_error: str | None
     seed_cell: int | None
     seed_cells: int | None
+    in_flight: int = 0
+    """Calls sent to the slot's kernel and not yet answered (more than 1: pipelined)."""
 
 
 @dataclass
@@ -138,7 +148,7 @@ class _Slot(Generic[K]):
 @dataclass
 class _Kernel(Generic[W]):
     slot: int
-    waiter: W | None = None
+    waiters: list[W] = field(default_factory=list)  # in flight, oldest (running) first
     lost: bool = False
     stopped: bool = False  # its slot stopped and shut it down already
 
@@ -153,9 +163,13 @@ class PoolBook(Generic[K, W]):
         max_queue: int | None = None,
         max_start_failures: int = 3,
         backoff: float = 0.5,
+        depth: int = 1,
+        pipelines: Callable[[W, K], bool] = lambda waiter, kernel: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_queue = max_queue
+        self.depth = max(1, depth)
+        self._pipelines = pipelines
         self.max_start_failures = max_start_failures
         self.backoff = backoff
         self._clock = clock
@@ -207,6 +221,7 @@ class PoolBook(Generic[K, W]):
             s.last_error,
             s.seed_cell,
             s.seed_cells,
+            len(self._kernels[s.kernel].waiters) if s.kernel in self._kernels else 0,
         )
 
     @property
@@ -262,7 +277,7 @@ class PoolBook(Generic[K, W]):
             book.lost = book.stopped = True
             if kernel in self._free:
                 self._free.remove(kernel)
-            if book.waiter is None:
+            if not book.waiters:
                 del self._kernels[kernel]
         if s.state is not KernelState.FAILED:
             self._set(s, KernelState.STOPPED)
@@ -279,6 +294,9 @@ class PoolBook(Generic[K, W]):
             return self._end_refused(waiter, Refusal.NO_KERNEL)
         if self._free:
             return [self._assign(waiter, self._free.popleft())]
+        busy = None if self._queue else self._pipelined_kernel_for(waiter)  # no overtaking
+        if busy is not None:
+            return [self._assign(waiter, busy)]
         if self.max_queue is not None and len(self._queue) >= self.max_queue:
             self.ended[Ending.REJECTED] += 1
             return [Refuse(waiter, Refusal.QUEUE_FULL)]
@@ -296,9 +314,8 @@ class PoolBook(Generic[K, W]):
         return self._release(kernel)
 
     def timed_out(self, waiter: W) -> list[Effect[K, W]]:
-        """`waiter`'s call ran past its timeout: interrupt the kernel."""
-        kernel = self._end_running(waiter, Ending.TIMED_OUT)
-        return [] if kernel is None else self._interrupt(kernel)
+        """`waiter`'s call ran past its timeout: interrupt the kernel if it runs that call."""
+        return self._stop_running(waiter, Ending.TIMED_OUT)
 
     def failed(self, waiter: W, reason: str) -> list[Effect[K, W]]:
         """`waiter`'s kernel died or stopped answering under it: replace the kernel."""
@@ -316,8 +333,7 @@ class PoolBook(Generic[K, W]):
             self._queue.remove(waiter)
             self.ended[why] += 1
             return self._quiet()
-        kernel = self._end_running(waiter, Ending.ABANDONED)
-        return [] if kernel is None else self._interrupt(kernel)
+        return self._stop_running(waiter, Ending.ABANDONED)
 
     # -- kernels --------------------------------------------------------------------------
 
@@ -336,6 +352,7 @@ class PoolBook(Generic[K, W]):
             return []
         if not ok:
             return self._lose(kernel, "the kernel did not answer after an interrupt")
+        self._set(self._slots[book.slot], KernelState.BUSY)  # until handed out below
         return self._release(kernel)
 
     # -- closing --------------------------------------------------------------------------
@@ -357,23 +374,56 @@ class PoolBook(Generic[K, W]):
 
     def _assign(self, waiter: W, kernel: K) -> Assign[K, W]:
         book = self._kernels[kernel]
-        assert book.waiter is None and not book.lost, "kernel handed out while not free"
-        book.waiter = waiter
+        assert self._takes(kernel, waiter), "kernel handed a request it cannot take"
+        book.waiters.append(waiter)
         self._running[waiter] = kernel
-        self._set(self._slots[book.slot], KernelState.BUSY)
+        slot = self._slots[book.slot]
+        if slot.state is not KernelState.BUSY:
+            self._set(slot, KernelState.BUSY)
         return Assign(waiter, kernel)
 
+    def _takes(self, kernel: K, waiter: W) -> bool:
+        """Whether `kernel` can be sent `waiter`'s call now."""
+        book = self._kernels[kernel]
+        if book.lost or self._slots[book.slot].state is KernelState.INTERRUPTING:
+            return False
+        if not book.waiters:
+            return True
+        return (
+            len(book.waiters) < self.depth
+            and self._pipelines(waiter, kernel)
+            and all(self._pipelines(other, kernel) for other in book.waiters)
+        )
+
+    def _pipelined_kernel_for(self, waiter: W) -> K | None:
+        """A busy kernel that can take `waiter` as well, the one with least in flight."""
+        if self.depth == 1:
+            return None
+        fits = [k for k, book in self._kernels.items() if book.waiters and self._takes(k, waiter)]
+        return min(fits, key=lambda k: len(self._kernels[k].waiters), default=None)
+
     def _hand_out(self, kernel: K) -> list[Effect[K, W]]:
-        """`kernel` is free: to the head of the queue, else to the free list."""
-        if self._queue:
-            return [self._assign(self._queue.popleft(), kernel)]
+        """`kernel` has room: requests from the head of the queue while it can take them;
+        idle, it joins the free list."""
+        book = self._kernels[kernel]
+        slot = self._slots[book.slot]
+        if slot.state is KernelState.INTERRUPTING:
+            return self._quiet()  # ``interrupted`` hands it out again
+        effects: list[Effect[K, W]] = []
+        while self._queue and self._takes(kernel, self._queue[0]):
+            effects.append(self._assign(self._queue.popleft(), kernel))
+        if book.waiters:
+            if slot.state is not KernelState.BUSY:
+                self._set(slot, KernelState.BUSY)
+            return effects
         self._free.append(kernel)
-        self._set(self._slots[self._kernels[kernel].slot], KernelState.IDLE)
+        self._set(slot, KernelState.IDLE)
         return self._quiet()
 
     def _release(self, kernel: K) -> list[Effect[K, W]]:
-        if self._kernels[kernel].lost:
-            return self._forget(kernel)
+        book = self._kernels[kernel]
+        if book.lost:
+            return self._forget(kernel) if not book.waiters else []
         return self._hand_out(kernel)
 
     def _end_running(self, waiter: W, ending: Ending) -> K | None:
@@ -382,8 +432,18 @@ class PoolBook(Generic[K, W]):
         if kernel is None:
             return None
         self.ended[ending] += 1
-        self._kernels[kernel].waiter = None
+        self._kernels[kernel].waiters.remove(waiter)
         return kernel
+
+    def _stop_running(self, waiter: W, ending: Ending) -> list[Effect[K, W]]:
+        """End a call that did not finish: interrupt its kernel if the kernel is running it
+        (the oldest call in flight); a call still waiting behind another just leaves."""
+        kernel = self._running.get(waiter)
+        if kernel is None:
+            return []
+        running = self._kernels[kernel].waiters[0] is waiter
+        self._end_running(waiter, ending)
+        return self._interrupt(kernel) if running else self._release(kernel)
 
     def _end_refused(self, waiter: W, refusal: Refusal) -> list[Effect[K, W]]:
         self.ended[Ending.REFUSED] += 1
@@ -392,7 +452,11 @@ class PoolBook(Generic[K, W]):
     def _interrupt(self, kernel: K) -> list[Effect[K, W]]:
         book = self._kernels[kernel]
         if book.lost:
-            return self._forget(kernel)
+            return self._forget(kernel) if not book.waiters else []
+        if kernel in self._free:
+            self._free.remove(kernel)
+        if self._slots[book.slot].state is KernelState.INTERRUPTING:
+            return self._quiet()  # one interrupt at a time; it stops whatever runs now
         self._set(self._slots[book.slot], KernelState.INTERRUPTING)
         self.interrupts += 1
         return [Interrupt(book.slot, kernel), *self._quiet()]
@@ -404,7 +468,7 @@ class PoolBook(Generic[K, W]):
         if book is None:
             return []
         if book.lost:
-            return self._forget(kernel) if book.waiter is None else []
+            return self._forget(kernel) if not book.waiters else []
         book.lost = True
         self.crashes += 1
         if kernel in self._free:
@@ -414,7 +478,7 @@ class PoolBook(Generic[K, W]):
         slot.kernel = None
         slot.restarts += 1
         self._set(slot, KernelState.RESTARTING)
-        return self._forget(kernel) if book.waiter is None else []
+        return self._forget(kernel) if not book.waiters else []
 
     def _forget(self, kernel: K) -> list[Effect[K, W]]:
         """A lost kernel that no request uses any more: its slot may shut it down."""

@@ -207,6 +207,7 @@ class NotebookService:
             timeout=s.timeout,
             interrupt_grace=s.interrupt_grace,
             shutdown_grace=s.shutdown_grace,
+            pipeline_depth=s.pipeline_depth,
         )
         return KernelPool(
             api.seeds,

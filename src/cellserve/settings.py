@@ -63,6 +63,7 @@ class Settings:
     transport: str = "ipc"
     drain_delay: float = 0.0
     kernel_memory_limit: int | None = None
+    pipeline_depth: int = 2
 
     def __post_init__(self) -> None:
         # An empty token means "no auth", as in Kernel Gateway; never "auth with ''".
@@ -78,6 +79,8 @@ class Settings:
             raise SettingsError(f"kernels must be at least 1, got {self.kernels}")
         if self.workers < 1:
             raise SettingsError(f"workers must be at least 1, got {self.workers}")
+        if self.pipeline_depth < 1:
+            raise SettingsError(f"pipeline_depth must be at least 1, got {self.pipeline_depth}")
         if isinstance(self.kernel_memory_limit, str):  # "512M" from a flag or a keyword
             try:
                 object.__setattr__(self, "kernel_memory_limit", to_bytes(self.kernel_memory_limit))

@@ -1,0 +1,118 @@
+"""Pipelined kernels on real kernels: the next request waits inside the busy kernel.
+
+A kernel runs the calls it was sent in order. These tests check what must still hold when a
+second call is already in the kernel: a timeout or an interrupt hits only the call that
+overran, the call behind it is answered correctly, and a crash answers both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from cellserve import app_from_notebook
+from cellserve.cells import CellCall
+from cellserve.kernels import Kernel, KernelConfig
+from cellserve.notebook import SeedCell
+from tests.servers import ServerThread, write_notebook
+
+SEED = "import json, os, time\n\ndef arg(name):\n    return json.loads(REQUEST)['args'][name][0]"
+
+ROUTES = [
+    # Overruns its 3 s timeout.
+    "# GET /overrun\n# cellserve: timeout=3\ntime.sleep(30)",
+    # A shorter timeout than the call ahead of it runs: it counts from when this call starts.
+    "# GET /pid\n# cellserve: timeout=1.5\nprint(os.getpid())",
+    "# GET /die\ntime.sleep(float(arg('after')))\nos._exit(1)",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    path = write_notebook(tmp_path_factory.mktemp("pipelining") / "api.ipynb", [SEED, *ROUTES])
+    with ServerThread(app_from_notebook(path, kernels=1, reload=False)) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def kernel_stats(http: httpx.Client) -> dict[str, Any]:
+    kernels: list[dict[str, Any]] = http.get("/_cellserve/health").json()["stats"]["kernels"]
+    return kernels[0]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def test_a_timeout_interrupts_only_the_call_that_overran(http: httpx.Client) -> None:
+    with ThreadPoolExecutor(2) as threads:
+        overrun = threads.submit(http.get, "/overrun")
+        wait_until(lambda: kernel_stats(http)["in_flight"] == 1, "the kernel runs /overrun")
+        behind = threads.submit(http.get, "/pid")
+        # Sent to the busy kernel at once, not queued in the server.
+        wait_until(lambda: kernel_stats(http)["in_flight"] == 2, "/pid is pipelined")
+        assert http.get("/_cellserve/health").json()["stats"]["queue_depth"] == 0
+        assert overrun.result().status_code == 504
+        answer = behind.result()
+    # /pid's 1.5 s started when /overrun ended, not when /pid was sent 3 s earlier.
+    assert answer.status_code == 200, answer.text
+    assert int(answer.text) == kernel_stats(http)["pid"]
+    wait_until(lambda: kernel_stats(http)["state"] == "idle", "the kernel is idle again")
+    assert kernel_stats(http)["in_flight"] == 0
+
+
+def test_a_crash_answers_the_call_running_and_the_one_behind_it(http: httpx.Client) -> None:
+    pid = kernel_stats(http)["pid"]
+    with ThreadPoolExecutor(2) as threads:
+        dying = threads.submit(http.get, "/die", params={"after": "1"})
+        wait_until(lambda: kernel_stats(http)["in_flight"] == 1, "the kernel runs /die")
+        behind = threads.submit(http.get, "/pid")
+        wait_until(lambda: kernel_stats(http)["in_flight"] == 2, "/pid is pipelined")
+        for response in (dying.result(), behind.result()):
+            assert response.status_code == 503, response.text
+            assert "died" in response.json()["message"]
+    wait_until(lambda: kernel_stats(http)["state"] == "idle", "a new kernel serves")
+    assert kernel_stats(http)["pid"] != pid
+    assert http.get("/pid").status_code == 200
+
+
+@pytest.mark.anyio
+async def test_an_interrupt_that_reaches_the_call_behind_sends_it_again(tmp_path: Path) -> None:
+    """The kernel finished the call an interrupt was meant for just before the signal came,
+    so the signal stops the next call instead: that call runs again and answers normally."""
+    config = KernelConfig(kernel_name="python3", language="python", cwd=tmp_path)
+    kernel = await Kernel.start(config)
+    try:
+        await kernel.seed([SeedCell(1, "import time\nRUNS = 0")])
+        started = tmp_path / "started"
+        quick = kernel.begin(CellCall("print('first')", "{}"))
+        slow = kernel.begin(
+            CellCall(
+                f"RUNS += 1\nopen({str(started)!r}, 'w').close()\ntime.sleep(1)\nprint(RUNS)", "{}"
+            )
+        )
+        assert (await kernel.finish(quick, timeout=30)).cell.stdout == "first\n"
+        with anyio.fail_after(60):
+            while not started.exists():  # the second call runs in the kernel now
+                await anyio.sleep(0.02)
+        assert await kernel.interrupt(grace=10)  # meant for the first call, hits the second
+        outcome = await kernel.finish(slow, timeout=30)
+        assert outcome.cell.error is None
+        assert outcome.cell.stdout == "2\n"  # it ran twice: interrupted, then sent again
+    finally:
+        await kernel.shutdown()
