@@ -133,7 +133,7 @@ def run_reload_trial(work_dir: Path, kernels: int, clients: int, settle: float) 
     """Serve a fresh copy of the notebook with ``--reload``, load it, edit it twice."""
     work_dir.mkdir(parents=True, exist_ok=True)
     path = write_notebook(work_dir / "notebook.ipynb")
-    server = RunningServer.launch(cellserve_spec(path, kernels, reload=True), work_dir)
+    server = RunningServer.launch(cellserve_spec(path, kernels), work_dir)
     try:
         return asyncio.run(_scenario(server, path, kernels, clients, settle))
     finally:

@@ -11,7 +11,12 @@ Scenarios:
   in-kernel floors, 1 and 2 kernels, concurrency 1/8/64, measured by wrk. Every server of a
   kernel count runs at the same time and their windows are interleaved (A, B, C, A, B, C...),
   so slow drifts in background load hit all of them alike. Memory is read after the windows.
-* ``loop``: cellserve's app under hypercorn's CLI, ``--worker-class asyncio`` vs ``uvloop``.
+  cellserve also serves ``/predict_batch`` (the same model behind ``# cellserve: batch``),
+  whose answers are first checked equal to ``/predict``'s for 64 inputs sent at once.
+* ``scaling``: cellserve with 1, 2, 4 and 8 kernels per worker and 1 and 2 workers, at
+  concurrency 64 (``/ping``, ``/predict``, ``/predict_batch``), with the machine's core count.
+* ``loop`` (not in the default run): cellserve's app under hypercorn's CLI,
+  ``--worker-class asyncio`` vs ``uvloop``.
 * ``coldstart``: process spawn → first 200 on ``GET /ping``, 1 and 2 kernels.
 * ``reload``: hot-reload timings and failed requests under load (see ``reloading.py``).
 
@@ -34,11 +39,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from bench_notebook import BODIES, NOTEBOOK_PATH, write_notebook
@@ -59,8 +66,10 @@ from servers import (
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
-SCENARIOS = ("throughput", "loop", "coldstart", "reload")
-ENDPOINTS = ("ping", "echo", "predict", "sleep")
+SCENARIOS = ("throughput", "scaling", "loop", "coldstart", "reload")
+DEFAULT_SCENARIOS = ("throughput", "scaling", "coldstart", "reload")
+ENDPOINTS = ("ping", "echo", "predict", "predict_batch", "sleep")
+BATCHED = ("predict_batch",)  # cellserve-only routes: Kernel Gateway and the floors skip them
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class Plan:
     reload_repeats: int = 3
     reload_clients: int = 8
     reload_settle: float = 2.0
+    scaling_kernels: tuple[int, ...] = (1, 2, 4, 8)
+    scaling_workers: tuple[int, ...] = (1, 2)
+    scaling_endpoints: tuple[str, ...] = ("ping", "predict", "predict_batch")
+    scaling_concurrency: int = 64
+    scaling_repeats: int = 1
 
     @classmethod
     def quick(cls) -> Plan:
@@ -89,6 +103,7 @@ class Plan:
             coldstart_repeats=1,
             reload_repeats=1,
             reload_settle=1.0,
+            scaling_kernels=(1, 2),
         )
 
 
@@ -118,6 +133,8 @@ class Results:
     memory: list[dict[str, Any]] = field(default_factory=list)
     coldstart: list[dict[str, Any]] = field(default_factory=list)
     reload: list[dict[str, Any]] = field(default_factory=list)
+    scaling: list[dict[str, Any]] = field(default_factory=list)
+    batched_equal: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -173,7 +190,8 @@ def contenders(
     started: list[Contender] = []
     try:
         for spec, spec_endpoints in specs:
-            log(f"starting {spec.name} with {spec.kernels} kernel(s)")
+            workers = f" in each of {spec.workers} workers" if spec.workers > 1 else ""
+            log(f"starting {spec.name} with {spec.kernels} kernel(s){workers}")
             server = RunningServer.launch(spec, raw)
             started.append(_server_contender(server, spec_endpoints))
         for mode in floors:
@@ -287,16 +305,65 @@ def record_memory(group: Sequence[Contender], results: Results) -> None:
 
 def run_throughput(run: Run) -> None:
     plan = run.plan
+    unbatched = tuple(e for e in plan.endpoints if e not in BATCHED)
     for kernels in plan.kernels:
         specs = [
             (cellserve_spec(NOTEBOOK_PATH, kernels), plan.endpoints),
             (cellserve_spec(NOTEBOOK_PATH, kernels, execution="execute"), plan.execute_endpoints),
-            (kernel_gateway_spec(NOTEBOOK_PATH, kernels), plan.endpoints),
+            (kernel_gateway_spec(NOTEBOOK_PATH, kernels), unbatched),
         ]
         floors = ("fast", "execute") if kernels == 1 else ()
-        with contenders(specs, floors, plan.endpoints, run.raw) as group:
+        with contenders(specs, floors, unbatched, run.raw) as group:
+            if kernels == 1 and group[0].server is not None:
+                run.results.batched_equal.append(check_batched_answers(group[0].server))
             measure_interleaved(group, run)
             record_memory(group, run.results)
+
+
+def check_batched_answers(server: RunningServer, count: int = 64) -> dict[str, Any]:
+    """Send `count` different rows to /predict_batch at once (so they batch) and one by one
+    to /predict; how many answers are equal."""
+    base = json.loads(BODIES["predict"] or "{}")["rows"][0]
+    bodies = [{"rows": [[value * (1 + i / 100) for value in base]]} for i in range(count)]
+    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(count) as threads:
+        batched = list(
+            threads.map(lambda body: client.post(server.url("/predict_batch"), json=body), bodies)
+        )
+        single = [client.post(server.url("/predict"), json=body) for body in bodies]
+    equal = sum(
+        1
+        for b, s in zip(batched, single, strict=True)
+        if b.status_code == s.status_code == 200 and b.json() == json.loads(s.text)
+    )
+    log(f"batched answers equal to unbatched ones: {equal} of {count}")
+    return {"equal": equal, "compared": count}
+
+
+def run_scaling(run: Run) -> None:
+    """cellserve alone, one configuration at a time, so each has the whole machine."""
+    plan = run.plan
+    measure_plan = Plan(
+        **{
+            **asdict(plan),
+            "endpoints": plan.scaling_endpoints,
+            "concurrencies": (plan.scaling_concurrency,),
+            "repeats": plan.scaling_repeats,
+        }
+    )
+    for workers in plan.scaling_workers:
+        for kernels in plan.scaling_kernels:
+            spec = cellserve_spec(NOTEBOOK_PATH, kernels, workers=workers)
+            mark = len(run.results.throughput)
+            with contenders([(spec, plan.scaling_endpoints)], (), (), run.raw) as group:
+                measure_interleaved(group, run, measure_plan)
+            # These rows belong to the scaling table, not the throughput table.
+            rows = run.results.throughput[mark:]
+            del run.results.throughput[mark:]
+            for row in rows:
+                row["workers"] = workers
+                row["total_kernels"] = kernels * workers
+                row["cores"] = psutil.cpu_count()
+                run.results.scaling.append(row)
 
 
 def run_loop(run: Run) -> None:
@@ -459,7 +526,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short smoke run (results/raw/)")
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
+        default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated subset of {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--seconds", type=int, help="length of one measured window")
@@ -510,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Results()
     runners = {
         "throughput": run_throughput,
+        "scaling": run_scaling,
         "loop": run_loop,
         "coldstart": run_coldstart,
         "reload": run_reload,
@@ -537,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     document = asdict(results)
     # A quick or partial run is a smoke test: it must not replace the published numbers.
-    out = raw if args.quick or set(scenarios) != set(SCENARIOS) else RESULTS
+    out = raw if args.quick or set(scenarios) != set(DEFAULT_SCENARIOS) else RESULTS
     (out / "results.json").write_text(json.dumps(document, indent=1) + "\n", "utf-8")
     write_report(document, out, None if out == raw else BENCHMARKS / "README.md")
     if out == raw:

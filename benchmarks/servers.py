@@ -38,19 +38,21 @@ class ServerSpec:
     """How to launch one server: `name` labels results, `argv` may hold ``{port}``."""
 
     name: str
-    kernels: int
+    kernels: int  # per worker process
     argv: tuple[str, ...]
     has_health: bool = True
     unset_env: tuple[str, ...] = ()  # variables the server must not inherit
+    workers: int = 1
 
     def command(self, port: int) -> list[str]:
         return [arg.replace("{port}", str(port)) for arg in self.argv]
 
 
 def cellserve_spec(
-    notebook: Path, kernels: int, *, execution: str = "fast", reload: bool = False
+    notebook: Path, kernels: int, *, execution: str = "fast", workers: int = 1
 ) -> ServerSpec:
-    """cellserve's own CLI, as a user would run it in production (uvloop when installed)."""
+    """cellserve's own CLI with its defaults: uvloop, reload on, health, metrics and one
+    access-log line per request (to the server's log file)."""
     name = "cellserve" if execution == "fast" else f"cellserve-{execution}"
     argv = (
         str(_BIN / "cellserve"),
@@ -62,11 +64,10 @@ def cellserve_spec(
         str(kernels),
         "--execution",
         execution,
-        "--reload" if reload else "--no-reload",
-        "--log-level",
-        "warning",
+        "--workers",
+        str(workers),
     )
-    return ServerSpec(name, kernels, argv)
+    return ServerSpec(name, kernels, argv, workers=workers)
 
 
 def hypercorn_spec(notebook: Path, kernels: int, loop: str) -> ServerSpec:
@@ -172,7 +173,24 @@ class RunningServer:
             while len(self.kernel_pids()) < self.spec.kernels:
                 self._check_alive(deadline)
                 time.sleep(0.02)
+            if self.spec.workers > 1:
+                self._wait_all_workers(client, deadline)
             self.all_ready = time.monotonic() - self.spawned
+
+    def _wait_all_workers(self, client: httpx.Client, deadline: float) -> None:
+        """Every worker's kernels are up: all kernel processes exist, and 20 health answers
+        in a row (new connections, so from any worker) show every kernel idle."""
+        total = self.spec.kernels * self.spec.workers
+        while sum(1 for p in _descendants(self.process.pid) if _is_kernel(p)) < total:
+            self._check_alive(deadline)
+            time.sleep(0.05)
+        in_a_row = 0
+        while in_a_row < 20:
+            self._check_alive(deadline)
+            health = client.get(self.url("/_cellserve/health"), headers={"Connection": "close"})
+            idle = health.json().get("kernels", {}).get("idle", 0)
+            in_a_row = in_a_row + 1 if idle == self.spec.kernels else 0
+            time.sleep(0.02)
 
     def drain(self, timeout: float = 180.0, quick: float = 0.25) -> float:
         """Wait until no kernel is busy with requests whose clients already left; seconds.
@@ -223,9 +241,11 @@ class RunningServer:
         return kernel_rss, server_rss
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time used so far by the server's own processes, and by its kernels."""
-        kernels = set(self.kernel_pids())
-        tree = [self.process.pid, *(p.pid for p in _descendants(self.process.pid))]
+        """CPU time used so far by the server's own processes (every worker), and by all
+        their kernels (told apart by their command line)."""
+        children = _descendants(self.process.pid)
+        kernels = {p.pid for p in children if _is_kernel(p)}
+        tree = [self.process.pid, *(p.pid for p in children)]
         server = sum(cpu_seconds(pid) for pid in tree if pid not in kernels)
         return server, sum(cpu_seconds(pid) for pid in kernels)
 
