@@ -554,11 +554,15 @@ class Kernel:
                         async with asyncio.timeout(min(_POLL_SECONDS, remaining)):
                             await future  # cancelled (message left queued) on timeout
                     except TimeoutError:
-                        if time.monotonic() >= deadline:
-                            raise
-                        if not await self.is_alive():
-                            raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
-                        continue
+                        # A message that came in the same instant is kept, not dropped.
+                        if not future.done() or future.cancelled():
+                            if time.monotonic() >= deadline:
+                                raise
+                            if not await self.is_alive():
+                                raise KernelDied(
+                                    f"kernel {self.id} (pid {self.pid}) exited"
+                                ) from None
+                            continue
                 frames: list[bytes] = future.result()
             except zmq.ZMQError as exc:
                 raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
