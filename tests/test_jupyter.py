@@ -1,8 +1,9 @@
-"""The jupyter-server-proxy entry point, as jupyter-server-proxy would load and run it.
+"""The jupyter-server-proxy entry point, loaded by jupyter-server-proxy itself.
 
-JupyterLab itself is not installed: the test loads the entry point, fills in the command's
-``{port}`` and ``{base_url}`` as the proxy does, runs it, and talks to it at the URLs the
-proxy would forward (the whole path, since the entry asks for ``absolute_url``).
+JupyterLab is not installed: jupyter-server-proxy's own loader reads the entry point into the
+``ServerProcess`` it would launch; the test fills in the command's ``{port}`` and
+``{base_url}`` as its handler does, runs it, and talks to it at the URLs the proxy would
+forward (the whole path, since the entry asks for ``absolute_url``).
 """
 
 from __future__ import annotations
@@ -10,41 +11,43 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from jupyter_server_proxy.config import get_entrypoint_server_processes
 
 from tests.servers import free_port, write_notebook
 
 BASE_URL = "/user/ana/"
 
 
-def _proxy_config() -> dict[str, Any]:
-    (entry,) = entry_points(group="jupyter_serverproxy_servers", name="cellserve")
-    config: dict[str, Any] = entry.load()()
-    return config
+def _server_process() -> Any:
+    """What jupyter-server-proxy makes of the entry point (it warns and skips a bad one)."""
+    (process,) = [p for p in get_entrypoint_server_processes() if p.name == "cellserve"]
+    return process
 
 
 def _command(folder: Path, port: int) -> list[str]:
     """The command as jupyter-server-proxy runs it, for a Jupyter serving `folder`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        command: list[str] = _proxy_config()["command"]
-    return [part.format(port=port, base_url=BASE_URL) for part in command]
+        command: list[str] = list(_server_process().command)
+    # The proxy's handler renders each part with str.format and these arguments.
+    arguments = {"port": port, "base_url": BASE_URL, "unix_socket": ""}
+    return [part.format(**arguments) for part in command]
 
 
-def test_entry_point_describes_a_launcher_tile_opening_the_docs() -> None:
-    config = _proxy_config()
-    assert "{port}" in config["command"]
-    assert any("{base_url}" in part for part in config["command"])
-    assert config["absolute_url"] is True
-    launcher = config["launcher_entry"]
-    assert launcher["title"]
-    assert Path(launcher["icon_path"]).read_text().lstrip().startswith("<svg")
-    assert launcher["path_info"] == "cellserve/docs"
+def test_jupyter_server_proxy_reads_a_launcher_tile_opening_the_docs() -> None:
+    process = _server_process()
+    assert "{port}" in process.command
+    assert any("{base_url}" in part for part in process.command)
+    assert process.absolute_url is True
+    launcher = process.launcher_entry
+    assert launcher.enabled and launcher.title == "Notebook API"
+    assert Path(launcher.icon_path).read_text().lstrip().startswith("<svg")
+    assert launcher.path_info == "cellserve/docs"
 
 
 def _wait_for(check: Callable[[], bool], server: subprocess.Popen[str], what: str) -> None:
