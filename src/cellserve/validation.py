@@ -11,7 +11,8 @@ unchecked, as Kernel Gateway passes them, since their values are lists of string
 Request values are untrusted, so none of them can turn a check into a 500: an integer past
 Python's conversion limit stays text (and breaks its declared type), ``Infinity`` and ``NaN``
 (which Python's JSON parser accepts) break a ``multipleOf``, a ``format: regex`` value nested
-past the recursion limit is not a regex; and at most ``MAX_PROBLEMS`` problems are listed.
+past the recursion limit is not a regex, a body too deep for a recursive schema is a problem;
+and at most ``MAX_PROBLEMS`` problems are listed.
 Nor can one cost quadratic time: ``uniqueItems`` is checked in one pass (jsonschema compares
 every pair of objects: a 20 kB array of objects took 7 s, on the event loop), and
 ``unevaluatedItems``/``unevaluatedProperties`` look the evaluated ones up in a set
@@ -143,8 +144,13 @@ def _schema_problems(
     validator: Draft202012Validator, value: Any, location: str, name: str | None
 ) -> list[Problem]:
     problems = []
-    # Validation stops once the list is past the limit: the cost of a hostile body is bounded.
-    for error in islice(validator.iter_errors(value), MAX_PROBLEMS + 1):
+    try:
+        # Validation stops once the list is past the limit: the cost of a hostile body is bounded.
+        errors = list(islice(validator.iter_errors(value), MAX_PROBLEMS + 1))
+    except RecursionError:  # a recursive schema ($ref: '#') follows the body down
+        message = "nested too deeply to be checked against the declared schema"
+        return [Problem(location, "" if name is None else name, message)]
+    for error in errors:
         if name is None:
             at = "".join(f"/{_escape(part)}" for part in error.absolute_path)
         else:
