@@ -13,7 +13,7 @@ from cellserve.validation import MAX_PROBLEMS
 
 _BODY_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SERVER_ERRORS = {
-    "400": "The request body or query string could not be decoded",
+    "400": "The path, query string or body could not be decoded",
     "404": "No such route",
     "405": "The path exists but not with this method",
     "413": "The request body is larger than the server accepts",
@@ -86,7 +86,7 @@ def _operation(endpoint: Endpoint, section: Section, auth: bool) -> dict[str, An
     for code, description in _SERVER_ERRORS.items():
         if code == "405" or code in responses:
             continue
-        if code in ("400", "413") and endpoint.verb not in _BODY_VERBS:
+        if code == "413" and endpoint.verb not in _BODY_VERBS:
             continue
         if code == "422":
             if contract.validates_requests:
