@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -194,3 +195,17 @@ def test_query_string_is_not_logged(server: ServerThread, captured: Captured) ->
     wait_for_lines(captured, "cellserve.access", 1)
     assert "secret-value" not in captured.text
     assert [e["path"] for e in access_entries(captured)] == ["/value"]
+
+
+def test_execute_mode_traceback_quotes_no_request_data(tmp_path: Path, captured: Captured) -> None:
+    """The logged traceback shows the cell's own lines, never the bound REQUEST literal."""
+    cells = ["import json", "# POST /boom\nbody = json.loads(REQUEST)['body']\n1 / 0"]
+    path = write_notebook(tmp_path / "api.ipynb", cells)
+    with ServerThread(app_from_notebook(path, execution="execute")) as running:
+        response = httpx.post(running.url + "/boom", json={"secret": "hunter2"}, timeout=30)
+        assert response.status_code == 500
+        wait_for_lines(captured, "cellserve.access", 1)
+    assert "ZeroDivisionError" in captured.text
+    assert "1 / 0" in captured.text  # the cell's own frame is there...
+    assert "hunter2" not in captured.text  # ...but not the request it was given
+    assert "REQUEST = " not in captured.text

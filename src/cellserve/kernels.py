@@ -1,12 +1,11 @@
 """One Jupyter kernel: start, seed, run a request, interrupt, shut down.
 
 This is the only module that talks to jupyter_client and nbclient. Seed cells run through
-nbclient (its errors carry the formatted traceback). Requests take one of two paths, both a
-single round trip:
+nbclient (its errors carry the formatted traceback). Requests take one of two paths:
 
 * **fast** (IPython kernels): one ``comm_msg`` to the dispatcher in ``kernel_dispatch.py``;
-* **execute**: one ``execute_request`` whose code first binds ``REQUEST`` to an escaped string
-  literal, then runs the cell (any kernel language; also used for streaming routes).
+* **execute** (any kernel language; also streaming routes): an ``execute_request`` that binds
+  ``REQUEST`` to an escaped string literal, then one that runs the cell, as Kernel Gateway does.
 
 Both use ``store_history=False``, Python kernels start with IPython's history off, and shell
 kernels run with their history off (``HISTORY_OFF``), so no request reaches the disk.
@@ -326,9 +325,11 @@ class Kernel:
                 return answer
             self._unsupported_keys.add(key)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        # Bound by an execution of its own, as Kernel Gateway does: the cell's traceback then
+        # counts the cell's own lines and never quotes the request's data in the log.
         assignment = request_assignment(self.config.language, call.request_json, call.variable)
-        code = assignment + "\n" + call.source
-        cell = await self._execute(code, deadline, on_stdout)
+        await self._execute(assignment, deadline)
+        cell = await self._execute(call.source, deadline, on_stdout)
         if cell.result is not None and self.config.is_python and hides_value(call.source):
             # IPython checks the semicolon against its history, which requests never enter.
             cell = replace(cell, result=None)
