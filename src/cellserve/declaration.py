@@ -52,7 +52,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from cellserve.validation import schema_validator
+from cellserve.schemas import schema_validator
 
 _FENCE_OPEN = re.compile(r"\s{0,3}(`{3,}|~{3,})\s*(yaml|yml)\s*\Z", re.IGNORECASE)
 _SECTIONS = ("path", "query", "body", "responses")

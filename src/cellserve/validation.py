@@ -8,15 +8,10 @@ lists); a declared default fills in a query parameter the client left out (``fil
 JSON bodies are checked against the body schema; form and multipart bodies reach the cell
 unchecked, as Kernel Gateway passes them, since their values are lists of strings.
 
-Request values are untrusted, so none of them can turn a check into a 500: an integer past
-Python's conversion limit stays text (and breaks its declared type), ``Infinity`` and ``NaN``
-(which Python's JSON parser accepts) break a ``multipleOf``, a ``format: regex`` value nested
-past the recursion limit is not a regex, a body too deep for a recursive schema is a problem;
-and at most ``MAX_PROBLEMS`` problems are listed.
-Nor can one cost quadratic time: ``uniqueItems`` is checked in one pass (jsonschema compares
-every pair of objects: a 20 kB array of objects took 7 s, on the event loop), and
-``unevaluatedItems``/``unevaluatedProperties`` look the evaluated ones up in a set
-(jsonschema's list made them quadratic: python-jsonschema/jsonschema#1536).
+Request values are untrusted, so none of them can turn a check into a 500 (the validators
+come from schemas.py, which hardens jsonschema's): an integer past Python's conversion limit
+stays text (and breaks its declared type), a body too deep for a recursive schema is a
+problem, and at most ``MAX_PROBLEMS`` problems are listed.
 """
 
 from __future__ import annotations
@@ -24,21 +19,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
-from jsonschema._utils import (  # what jsonschema's own unevaluated* keywords use
-    extras_msg,
-    find_evaluated_item_indexes_by_schema,
-    find_evaluated_property_keys_by_schema,
-)
+from jsonschema import Draft202012Validator
 from python_multipart.multipart import parse_options_header
 
-if TYPE_CHECKING:  # declaration.py builds each schema's validator with schema_validator
-    from cellserve.declaration import Contract, Parameter, RequestBody
+from cellserve.declaration import Contract, Parameter, RequestBody
 
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
@@ -133,13 +122,6 @@ def _check_body(
     return _schema_problems(declared.validator, body, "body", None)
 
 
-def schema_validator(schema: Mapping[str, Any]) -> Draft202012Validator:
-    """A JSON Schema (2020-12) validator for `schema`, checking formats, safe for hostile
-    values (see the module's docstring)."""
-    validator: Draft202012Validator = _Validator(schema, format_checker=_FORMATS)
-    return validator
-
-
 def _schema_problems(
     validator: Draft202012Validator, value: Any, location: str, name: str | None
 ) -> list[Problem]:
@@ -217,102 +199,3 @@ def _as_text(value: Any) -> str:
 def _escape(part: object) -> str:
     """A JSON Pointer token (RFC 6901)."""
     return str(part).replace("~", "~0").replace("/", "~1")
-
-
-def _multiple_of(
-    validator: Any, divisor: Any, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
-    """jsonschema's ``multipleOf``, but a non-finite number fails it instead of raising
-    OverflowError (against a fractional divisor)."""
-    if isinstance(instance, float) and not math.isfinite(instance):
-        yield ValidationError(f"{instance!r} is not a multiple of {divisor}")
-    else:
-        yield from _MULTIPLE_OF(validator, divisor, instance, schema)
-
-
-def _is_regex(instance: object) -> bool:
-    return not isinstance(instance, str) or bool(re.compile(instance))
-
-
-def _unique_items(
-    validator: Any, unique: Any, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
-    """``uniqueItems`` in one pass over the array, with a hashable key per item."""
-    if not unique or not validator.is_type(instance, "array"):
-        return
-    seen: set[Hashable] = set()
-    for item in instance:
-        key = _equality_key(item)
-        if key in seen:
-            yield ValidationError(f"{instance!r} has non-unique elements")
-            return
-        seen.add(key)
-
-
-def _unevaluated_items(
-    validator: Any, unevaluated: Any, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
-    """jsonschema's ``unevaluatedItems``, the evaluated indexes in a set (one pass)."""
-    if not validator.is_type(instance, "array"):
-        return
-    evaluated = set(find_evaluated_item_indexes_by_schema(validator, instance, schema))
-    unexpected = [item for index, item in enumerate(instance) if index not in evaluated]
-    if unexpected:
-        listed, verb = extras_msg(unexpected)
-        yield ValidationError(f"Unevaluated items are not allowed ({listed} {verb} unexpected)")
-
-
-def _unevaluated_properties(
-    validator: Any, unevaluated: Any, instance: Any, schema: Mapping[str, Any]
-) -> Iterator[ValidationError]:
-    """jsonschema's ``unevaluatedProperties``, the evaluated keys in a set (one pass)."""
-    if not validator.is_type(instance, "object"):
-        return
-    evaluated = set(find_evaluated_property_keys_by_schema(validator, instance, schema))
-    failing = [
-        key
-        for key, value in instance.items()
-        if key not in evaluated
-        for _ in validator.descend(value, unevaluated, path=key, schema_path=key)
-    ]
-    if not failing:
-        return
-    if unevaluated is False:
-        listed, verb = extras_msg(sorted(failing, key=str))
-        yield ValidationError(
-            f"Unevaluated properties are not allowed ({listed} {verb} unexpected)"
-        )
-    else:
-        listed, verb = extras_msg(failing)
-        yield ValidationError(
-            "Unevaluated properties are not valid under the given schema "
-            f"({listed} {verb} unevaluated and invalid)"
-        )
-
-
-def _equality_key(value: Any) -> Hashable:
-    """Equal for values JSON Schema calls equal: ``1`` and ``1.0`` are, ``true`` and ``1`` are
-    not, objects regardless of key order. Recursion is bounded by request.MAX_JSON_DEPTH."""
-    if isinstance(value, dict):
-        return ("object", frozenset((k, _equality_key(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("array", tuple(_equality_key(v) for v in value))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return (type(value).__name__, value)
-    return ("number", value)  # Python's 1 == 1.0, with equal hashes
-
-
-_MULTIPLE_OF = Draft202012Validator.VALIDATORS["multipleOf"]
-_Validator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator,
-    {
-        "multipleOf": _multiple_of,
-        "uniqueItems": _unique_items,
-        "unevaluatedItems": _unevaluated_items,
-        "unevaluatedProperties": _unevaluated_properties,
-    },
-)
-_FORMATS = FormatChecker(())
-_FORMATS.checkers.update(Draft202012Validator.FORMAT_CHECKER.checkers)
-# Groups nested a few thousand deep make re.compile recurse past the limit: not a regex.
-_FORMATS.checks("regex", raises=(re.error, RecursionError))(_is_regex)
