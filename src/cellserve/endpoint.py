@@ -13,6 +13,7 @@ that breaks the route's declaration are answered without one.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from urllib.parse import unquote
@@ -239,9 +240,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+_DIGITS = re.compile("[0-9]+")
+
+
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # ASCII digits only (str.isdigit also takes '²'); a length past any limit needs no int().
+    if (
+        declared is not None
+        and _DIGITS.fullmatch(declared)
+        and (len(declared) > 18 or int(declared) > limit)
+    ):
         raise _BodyTooLarge
     chunks: list[bytes] = []
     size = 0
