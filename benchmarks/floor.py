@@ -127,12 +127,17 @@ class Floor:
         return str(msg["header"]["msg_id"])
 
     def _install_dispatcher(self) -> None:
-        # The same bootstrap cellserve.kernels.Kernel sends after seeding.
-        source = resources.files("cellserve").joinpath("kernel_dispatch.py").read_text("utf-8")
+        # The same bootstrap cellserve.kernels.Kernel sends after seeding: the helpers the
+        # server shares with the kernel first, then the dispatcher, in one namespace.
+        package = resources.files("cellserve")
+        common = package.joinpath("dispatch_common.py").read_text("utf-8")
+        source = package.joinpath("kernel_dispatch.py").read_text("utf-8")
         self._execute(
             "def __cellserve_bootstrap():\n"
             "    namespace = {'__name__': 'cellserve_dispatch'}\n"
+            f"    exec(compile({common!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
             f"    exec(compile({source!r}, '<cellserve dispatcher>', 'exec'), namespace)\n"
+            "    namespace['make_output_encodable'](get_ipython().kernel.session)\n"
             f"    namespace['install'](get_ipython(), {_COMM_TARGET!r}, 10_000_000)\n"
             "__cellserve_bootstrap()\n"
             "del __cellserve_bootstrap\n"
