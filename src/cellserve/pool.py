@@ -19,6 +19,7 @@ changed by a request stays on the kernel that ran it, as in Kernel Gateway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -478,11 +479,11 @@ class KernelPool:
                     if disconnected is None:
                         await request.woken.wait()
                     else:
-                        gone = await _first_of(request.woken.wait, disconnected)
+                        gone = await _woken_or_gone(request.woken, disconnected)
             except BaseException:
                 self._apply(self._book.leave(request, Ending.CANCELLED))
                 raise
-            if not request.woken.is_set():  # a hand-over in the same instant wins
+            if request.kernel is None and request.refusal is None:  # a hand-over wins
                 self._apply(
                     self._book.leave(request, Ending.DISCONNECTED if gone else Ending.QUEUE_TIMEOUT)
                 )
@@ -630,20 +631,28 @@ _RETIRE_WAIT = 5.0
 """How long a slot lets a request notice that its kernel died before shutting it down."""
 
 
-async def _first_of(
-    wanted: Callable[[], Awaitable[object]], gone: Callable[[], Awaitable[None]]
-) -> bool:
-    """Wait for `wanted` or `gone`, whichever returns first; True if it was `gone`."""
-    result = False
-    async with anyio.create_task_group() as tg:
+async def _woken_or_gone(woken: anyio.Event, gone: Callable[[], Awaitable[None]]) -> bool:
+    """Wait until `woken` is set or `gone` returns; True if `gone` returned first.
 
-        async def watch() -> None:
-            nonlocal result
-            await gone()
-            result = True
-            tg.cancel_scope.cancel()
+    Every request that queues waits here, so the watcher is one plain asyncio task that sets
+    `woken` itself (the pool runs on asyncio, as the Jupyter stack does) rather than a task
+    group, which costs several times as much; it is cancelled before this returns, however
+    this ends.
+    """
+    left = False
 
-        tg.start_soon(watch)
-        await wanted()
-        tg.cancel_scope.cancel()
-    return result
+    async def watch() -> None:
+        nonlocal left
+        await gone()
+        left = True
+        woken.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await woken.wait()
+    finally:
+        watcher.cancel()
+    error = watcher.exception() if watcher.done() and not watcher.cancelled() else None
+    if error is not None:
+        raise error
+    return left
