@@ -22,12 +22,14 @@ import builtins
 import linecache
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.displayhook import CapturingDisplayHook
+from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.error import StdinNotImplementedError
-from IPython.utils.capture import capture_output
 
 if TYPE_CHECKING:  # in the kernel, dispatch_common's source ran first in this namespace
     from cellserve.dispatch_common import LimitedText, hides_value
@@ -73,12 +75,35 @@ def _no_input(prompt: object = "") -> str:
     raise StdinNotImplementedError("input() was called, but an HTTP request cannot answer it")
 
 
-def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
+class _Displays:
+    """Catches a request's rich displays, as IPython's ``capture_output`` does, but with one
+    publisher made once per kernel: ``capture_output`` builds a new traitlets publisher each
+    time, a good part of what a small request costs the kernel."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.publisher = CapturingDisplayPublisher()  # type: ignore[no-untyped-call]
+
+    @contextmanager
+    def capture(self) -> Iterator[list[Any]]:
+        outputs: list[Any] = self.publisher.outputs
+        outputs.clear()
+        saved_publisher, saved_hook = self.shell.display_pub, sys.displayhook
+        self.shell.display_pub = self.publisher
+        sys.displayhook = CapturingDisplayHook(shell=self.shell, outputs=outputs)  # type: ignore[no-untyped-call]
+        try:
+            yield outputs
+        finally:
+            self.shell.display_pub, sys.displayhook = saved_publisher, saved_hook
+
+
+def _run(displays: _Displays, compiled: _Compiled, limit: int) -> dict[str, Any]:
+    shell = displays.shell
     stdout = LimitedText(limit, sys.stdout)
     namespace = shell.user_ns
     value: Any = None
     error: dict[str, Any] | None = None
-    with capture_output(stdout=False, stderr=False, display=True) as captured:
+    with displays.capture() as captured:
         saved_stdout, saved_input = sys.stdout, builtins.input
         sys.stdout, builtins.input = stdout, _no_input
         try:
@@ -102,8 +127,8 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
             }
         finally:
             sys.stdout, builtins.input = saved_stdout, saved_input
-    displays = [output.data for output in captured.outputs]
-    displays = [bundle for bundle in displays if stdout.admit(bundle)]
+    bundles = [output["data"] for output in captured]  # what RichOutput is built from
+    bundles = [bundle for bundle in bundles if stdout.admit(bundle)]
     result = None
     if error is None and value is not None:
         result, _ = shell.display_formatter.format(value)
@@ -113,7 +138,7 @@ def _run(shell: Any, compiled: _Compiled, limit: int) -> dict[str, Any]:
         "stdout": stdout.text,
         "truncated": stdout.truncated,
         "result": result,
-        "displays": displays,
+        "displays": bundles,
         "error": error,
     }
 
@@ -130,6 +155,7 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 def install(shell: Any, target_name: str, limit: int) -> None:
     """Register the comm target `target_name` on `shell`'s kernel."""
     cache: dict[str, _Compiled] = {}
+    displays = _Displays(shell)
 
     def lookup(key: str, source: str | None) -> _Compiled | None:
         if key not in cache and source is not None:
@@ -144,9 +170,9 @@ def install(shell: Any, target_name: str, limit: int) -> None:
         if cell.needs_event_loop or (info is not None and info.needs_event_loop):
             return {"status": "unsupported"}
         shell.user_ns[data.get("variable", "REQUEST")] = data["request"]
-        answer: dict[str, Any] = {"status": "ok", "cell": _run(shell, cell, limit), "info": None}
+        answer: dict[str, Any] = {"status": "ok", "cell": _run(displays, cell, limit), "info": None}
         if info is not None and answer["cell"]["error"] is None:
-            answer["info"] = _run(shell, info, limit)
+            answer["info"] = _run(displays, info, limit)
         # exit() asks the kernel to stop right after this message: say so, so that the
         # server never gives it another request.
         answer["exiting"] = bool(getattr(shell, "exit_now", False))
