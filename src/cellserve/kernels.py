@@ -141,6 +141,7 @@ class Kernel:
         self._inbox: dict[str, dict[str, Any]] = {}
         self._head_since = 0.0
         self._interrupts = 0
+        self._sync_sockets: dict[Any, zmq.Socket[bytes]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -543,6 +544,17 @@ class Kernel:
         path never needs them, and they are two of the three messages each request causes.
         """
         while True:
+            try:
+                # A message already waiting is read at once, without a future.
+                frames: list[bytes] = self._sync_socket(channel).recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
+            else:
+                if skip_status and frames[0].endswith(b".status"):
+                    continue
+                return frames
             # One zmq future per message; it is already done when a message was waiting.
             try:
                 future = channel.socket.recv_multipart()
@@ -564,12 +576,19 @@ class Kernel:
                                     f"kernel {self.id} (pid {self.pid}) exited"
                                 ) from None
                             continue
-                frames: list[bytes] = future.result()
+                frames = future.result()
             except zmq.ZMQError as exc:
                 raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
             if skip_status and frames[0].endswith(b".status"):
                 continue
             return frames
+
+    def _sync_socket(self, channel: Any) -> zmq.Socket[bytes]:
+        """A blocking handle on `channel`'s socket (the same zmq socket, not a copy)."""
+        sync = self._sync_sockets.get(channel)
+        if sync is None:
+            sync = self._sync_sockets[channel] = zmq.Socket.shadow(channel.socket.underlying)
+        return sync
 
     def _send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self._client.session.msg(msg_type, content)
