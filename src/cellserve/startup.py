@@ -131,6 +131,9 @@ class ServerHooks:
     """Every notebook has started (a signal before that is an interrupted start)."""
     listen_first: bool = True
     """Set per lifespan by `ServerDetector`: false for an in-process test client."""
+    accept_when_ready: bool = False
+    """Set by ``cellserve serve --workers``: workers share one socket, so a worker must not
+    accept connections (its lifespan must not return) before its notebooks are seeded."""
 
 
 class ServerDetector:
@@ -149,7 +152,7 @@ class ServerDetector:
         if scope["type"] == "lifespan":
             hooks = getattr(scope["app"].state, "cellserve_server", None)
             if isinstance(hooks, ServerHooks):
-                hooks.listen_first = "asgi" in scope
+                hooks.listen_first = "asgi" in scope and not hooks.accept_when_ready
         await self.app(scope, receive, send)
 
 

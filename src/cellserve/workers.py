@@ -4,7 +4,9 @@ This is hypercorn's worker model: the parent binds the socket, starts N workers 
 multiprocessing's *spawn* context and hands each one the socket, and the operating system
 spreads connections among the processes accepting on it. Each worker builds its own app, so
 it has its own kernels (N times ``--kernels`` in all), its own queue and its own reload watcher.
-``/_cellserve/health`` names the worker that answered by its ``pid``.
+``/_cellserve/health`` names the worker that answered by its ``pid``. A worker accepts
+connections only once its kernels are seeded: a starting worker would take requests from the
+shared socket that it cannot serve yet.
 
 The parent only supervises:
 
@@ -200,7 +202,9 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare()
     drain = Drain(shared=stop.is_set)
-    app: Any = DrainMiddleware(build(), drain)  # hypercorn's ASGI type is not Starlette's
+    built = build()
+    built.state.cellserve_server.accept_when_ready = True
+    app: Any = DrainMiddleware(built, drain)  # hypercorn's ASGI type is not Starlette's
     parent = os.getppid()
 
     def stop_requested() -> bool:
