@@ -11,7 +11,9 @@ failed allocation may have left half-built state behind, so that kernel is not u
 ``RLIMIT_AS`` counts address space, not memory in use: a bare Python kernel already reserves
 about 0.5 GiB, one that has imported numpy and scikit-learn 1-1.5 GiB (thread stacks, BLAS
 buffers, malloc arenas), before it holds any data. Set the limit to a seeded kernel's VMS
-(``benchmarks/memory.py`` prints it) plus what one request may allocate.
+(``benchmarks/memory.py`` prints it) plus what one request may allocate, measured with the
+same ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` as in production: BLAS thread pools size
+themselves from the machine's cores, and each thread reserves address space.
 
 **Why not cgroup v2 here.** A cgroup gives a true resident-memory limit, but creating one
 per kernel needs a delegated, writable cgroup subtree (systemd's ``Delegate=yes``, or root
