@@ -197,6 +197,17 @@ def test_query_string_is_not_logged(server: ServerThread, captured: Captured) ->
     assert [e["path"] for e in access_entries(captured)] == ["/value"]
 
 
+def test_a_path_cannot_forge_a_log_line(server: ServerThread, captured: Captured) -> None:
+    """The server decodes ``%0A`` to a newline; the access line percent-encodes it again."""
+    forged = "/x%0A2026-12-01 00:00:00,000 ERROR cellserve.pool: forged%20line"
+    assert httpx.get(server.url + forged, timeout=30).status_code == 404
+    wait_for_lines(captured, "cellserve.access", 1)
+    assert len(captured.text.splitlines()) == 1, captured.text
+    assert [e["path"] for e in access_entries(captured)] == [
+        "/x%0A2026-12-01%2000:00:00,000%20ERROR%20cellserve.pool:%20forged%20line"
+    ]
+
+
 def test_execute_mode_traceback_quotes_no_request_data(tmp_path: Path, captured: Captured) -> None:
     """The logged traceback shows the cell's own lines, never the bound REQUEST literal."""
     cells = ["import json", "# POST /boom\nbody = json.loads(REQUEST)['body']\n1 / 0"]

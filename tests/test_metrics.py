@@ -88,6 +88,36 @@ def test_requests_and_latency_move_with_traffic(server: ServerThread) -> None:
     assert value(after, "cellserve_requests_in_flight") >= 1
 
 
+def test_hostile_methods_and_paths_cannot_grow_the_labels(tmp_path: Path) -> None:
+    """A scanner's invented methods, its paths (401 before routing, so no 404 to go by) and
+    job ids share a few fixed labels."""
+    path = write_notebook(tmp_path / NB, CELLS[:2])
+    token = {"Authorization": "Bearer s3cret"}
+    with ServerThread(app_from_notebook(path, auth_token="s3cret")) as running:
+        before = scrape(running.url, headers=token)  # type: ignore[arg-type]
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            for n in range(3):
+                assert client.request(f"SCAN{n}", "/value").status_code == 401
+                assert client.get(f"/_cellserve/probe{n}").status_code == 401
+                assert client.get(f"/_cellserve/jobs/job{n}", headers=token).status_code == 404
+            assert client.get("/_cellserve/health").status_code == 401
+        after = scrape(running.url, headers=token)  # type: ignore[arg-type]
+
+    def added(route: str, method: str, status: str) -> float:
+        labels = {"notebook": "", "route": route, "method": method, "status": status}
+        name = "cellserve_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("", "other", "401") == 3
+    assert added("", "GET", "401") == 3
+    assert added("/_cellserve/health", "GET", "401") == 1
+    assert added("", "GET", "404") == 3
+    labels = {
+        value for name, labels in after if name.startswith("cellserve") for _, value in labels
+    }
+    assert not any(hostile in value for value in labels for hostile in ("SCAN", "probe", "job0"))
+
+
 def problems(caplog: pytest.LogCaptureFixture) -> list[str]:
     """cellserve's WARNING and ERROR lines so far."""
     return [

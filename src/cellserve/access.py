@@ -8,13 +8,15 @@ about it carries its id (and, once known, its notebook, route and kernel).
 from __future__ import annotations
 
 import logging
+import re
 import time
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cellserve import metrics
 from cellserve.logs import RequestContext, enter_request, leave_request, request_id_from
-from cellserve.routing import RESERVED_PREFIXES
+from cellserve.routing import ADMIN_PREFIX, KERNEL_GATEWAY_PREFIX
 
 logger = logging.getLogger("cellserve.access")
 
@@ -22,9 +24,25 @@ REQUEST_ID_HEADER = b"x-request-id"
 CLIENT_CLOSED = 499
 """Status logged when the client left before any response was sent (nginx's convention)."""
 
-# cellserve's own paths get their path as route label; anything unmatched gets "" so that
-# scanners cannot grow the metrics without bound.
-_OWN_PREFIXES = (*(f"{prefix}/" for prefix in RESERVED_PREFIXES), "/docs", "/openapi.json")
+# Metric labels stay bounded whatever clients send: cellserve's own paths are labelled by a
+# fixed name (a job's id or an asset's file name left out), any other unmatched path by "",
+# and a method outside HTTP's own by "other".
+_OWN_PATHS = frozenset(
+    {
+        *(f"{ADMIN_PREFIX}/{name}" for name in ("health", "ready", "metrics", "reload")),
+        *(f"{ADMIN_PREFIX}/{name}" for name in ("openapi.json", "docs")),
+        f"{KERNEL_GATEWAY_PREFIX}/spec/swagger.json",
+        f"{KERNEL_GATEWAY_PREFIX}/source",
+        "/openapi.json",
+        "/docs",
+    }
+)
+_JOBS = f"{ADMIN_PREFIX}/jobs/"
+_ASSETS = f"{ADMIN_PREFIX}/docs/assets"
+# A path is logged as sent on the wire when it holds only printable ASCII without spaces;
+# otherwise percent-encoded, so that a decoded "%0A" cannot forge a log line.
+_PLAIN_PATH = re.compile(r"[!-~]*")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 class AccessLogMiddleware:
@@ -77,24 +95,28 @@ class AccessLogMiddleware:
     ) -> None:
         notebook = context.notebook or ""
         route = context.route or self._own_route(context.path, status)
-        metrics.REQUESTS.labels(notebook, route, context.method, str(status)).inc()
+        method = context.method if context.method in _METHODS else "other"
+        metrics.REQUESTS.labels(notebook, route, method, str(status)).inc()
         metrics.LATENCY.labels(notebook, route).observe(seconds)
         if context.queue_wait is not None:
             metrics.QUEUE_WAIT.labels(notebook).observe(context.queue_wait)
         if self.access_log and logger.isEnabledFor(logging.INFO):
             client = scope.get("client")
             duration_ms = round(seconds * 1000, 2)
+            path = context.path
+            if not _PLAIN_PATH.fullmatch(path):
+                path = quote(path, safe="/!$&'()*+,;=:@~")
             logger.info(
                 "%s %s %d %.1f ms %d B",
                 context.method,
-                context.path,
+                path,
                 status,
                 duration_ms,
                 size,
                 extra={
                     "request": context,
                     "method": context.method,
-                    "path": context.path,
+                    "path": path,
                     "status": status,
                     "duration_ms": duration_ms,
                     "bytes": size,
@@ -106,4 +128,10 @@ class AccessLogMiddleware:
         if status == 404:
             return ""
         path = path[len(self.mount_prefix) :] if path.startswith(self.mount_prefix) else path
-        return path if path.startswith(_OWN_PREFIXES) else ""
+        if path in _OWN_PATHS:
+            return path
+        if path.startswith(_JOBS):
+            return _JOBS + ("{id}/result" if path.endswith("/result") else "{id}")
+        if path.startswith(_ASSETS + "/"):
+            return _ASSETS
+        return ""
