@@ -23,6 +23,8 @@ CELLS = [
     "# GET /value\nprint(VALUE)",
     "# POST /value\nprint(json.loads(REQUEST)['body'])",
     "# GET /boom\ndef explode():\n    return 1 / 0\nexplode()",
+    "# GET /boom-stream\n# cellserve: stream\nprint('partial', flush=True)\n1 / 0",
+    "# GET /slow-stream\n# cellserve: stream timeout=1\nimport time\ntime.sleep(30)",
 ]
 
 ACCESS_LINE = re.compile(
@@ -159,6 +161,25 @@ def test_raising_cell_logs_one_error_with_traceback_and_request_id(
         assert "kernel=" in error_line
     assert "explode()" in traceback  # the cell's own frames
     assert "\x1b[" not in traceback
+
+
+def test_failed_streams_are_logged_once_each(server: ServerThread, captured: Captured) -> None:
+    """A streaming route fails after its 200 is sent, so the log is the operator's only
+    record: a raising cell is one ERROR, a timeout one WARNING, as on plain routes."""
+    sse = {"Accept": "text/event-stream"}
+    with httpx.Client(base_url=server.url, timeout=30, headers=sse) as client:
+        raised = client.get("/boom-stream")
+        timed_out = client.get("/slow-stream")
+    for response in (raised, timed_out):
+        assert response.status_code == 200
+        assert "event: error" in response.text
+    wait_for_lines(captured, "cellserve.access", 2)
+    levels = (" ERROR ", " WARNING ", '"level": "ERROR"', '"level": "WARNING"')
+    problems = [line for line in captured.text.splitlines() if any(x in line for x in levels)]
+    assert len(problems) == 2, captured.text
+    raised_line, timeout_line = problems
+    assert "api.ipynb GET /boom-stream: the cell raised ZeroDivisionError" in raised_line
+    assert "504: api.ipynb GET /slow-stream: the cell ran longer than 1.0 s" in timeout_line
 
 
 def test_request_id_rules() -> None:

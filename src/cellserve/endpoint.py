@@ -12,7 +12,6 @@ that breaks the route's declaration are answered without one.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -24,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.batching import batcher_for
 from cellserve.cells import CellCall
-from cellserve.exceptions import KernelError, RequestFailed
+from cellserve.exceptions import RequestFailed
 from cellserve.jobs import Job, SubmitJob, accepted_response
 from cellserve.logs import log_cell_error, note_queued, note_route
 from cellserve.request import INLINE_BODY_LIMIT, BadRequest, RequestParts, build_request
@@ -35,8 +34,6 @@ from cellserve.settings import Settings
 from cellserve.streaming import stream_cell
 from cellserve.syntax import CellSyntaxError
 from cellserve.validation import MAX_PROBLEMS, Problem, apply_contract
-
-logger = logging.getLogger("cellserve.endpoint")
 
 
 class _ClientGone(Exception):
@@ -188,9 +185,7 @@ async def _answer(
                 job.start()
                 on_stdout = job.add_progress
             outcome = await lease.run(timeout=timeout, on_stdout=on_stdout)
-    except RequestFailed as exc:
-        if not isinstance(exc.__cause__, KernelError):  # a lost kernel is logged by the pool
-            logger.warning("%d: %s", exc.status, exc)  # timeouts and refusals, once each
+    except RequestFailed as exc:  # logged by the pool
         return failure_response(exc)
     if outcome.cell.error is not None:
         log_cell_error(generation.pool.label, label, outcome.cell.error)

@@ -37,6 +37,7 @@ from cellserve.exceptions import (
     KernelDied,
     KernelError,
     KernelOutOfMemory,
+    RequestFailed,
     SeedError,
     Unavailable,
 )
@@ -458,7 +459,11 @@ class KernelPool:
         then leaves the queue. Leaving the block without running the call, or cancelled
         while running it, interrupts the kernel before anyone else gets it.
         """
-        request = await self._acquire(call, disconnected)
+        try:
+            request = await self._acquire(call, disconnected)
+        except RequestFailed as exc:
+            _log_failure(exc)
+            raise
         lease = Lease(self, request)
         note_kernel(lease.kernel.id)
         try:
@@ -577,9 +582,11 @@ class Lease:
             )
         except TimeoutError:
             self._end(book.timed_out(request))
-            raise ExecutionTimeout(
+            timed_out = ExecutionTimeout(
                 pool._message(call, f"the cell ran longer than {timeout} s and was interrupted")
-            ) from None
+            )
+            _log_failure(timed_out)
+            raise timed_out from None
         except Exception as exc:
             if sink is not None and sink.failed:
                 # The caller's own stdout sink failed (e.g. the client is gone): not the
@@ -624,6 +631,12 @@ class _Sink:
         except Exception:
             self.failed = True
             raise
+
+
+def _log_failure(error: RequestFailed) -> None:
+    """One line for a refusal or a timeout, whichever route kind (plain, stream, batch, job)
+    leased the kernel; a lost kernel is logged where it is noticed, with its cause."""
+    logger.warning("%d: %s", error.status, error)
 
 
 _NO_KERNEL = "no kernel is available: every kernel failed to start"

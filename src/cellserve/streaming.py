@@ -29,6 +29,7 @@ from starlette.types import Receive, Send
 
 from cellserve.cells import CellCall, CellOutcome
 from cellserve.exceptions import RequestFailed
+from cellserve.logs import log_cell_error
 from cellserve.pool import KernelPool
 from cellserve.response import failure_response, utf8
 
@@ -91,6 +92,7 @@ async def stream_cell(
                 failure = str(exc)
             tg.cancel_scope.cancel()
     if outcome is not None and outcome.cell.error is not None:
+        log_cell_error(pool.label, call.route, outcome.cell.error)
         failure = outcome.cell.error.summary
     elif outcome is not None and outcome.cell.truncated:
         failure = "the cell's output passed the server's response size limit; the stream was cut"
