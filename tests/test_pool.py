@@ -340,15 +340,12 @@ async def test_kernel_exiting_mid_request_answers_promptly_then_recovers(
     async with serving(app) as url, client_for(url) as client:
         old = kernel_stats(await health(client))[0]
 
-        started = time.monotonic()
         with anyio.fail_after(30):
             response = await client.get("/exit")
-        elapsed = time.monotonic() - started
 
+        # Noticed by the pool (503), not by the 30 s timeout (504).
         assert response.status_code in (502, 503), response.text
         assert_json_error(response, response.status_code)
-        # Noticed by the pool, not by the 30 s timeout.
-        assert elapsed < 15, f"a dead kernel was noticed after {elapsed:.2f} s"
 
         body = await wait_for_health(
             client, lambda b: kernel_stats(b)[0]["restarts"] == 1 and all_idle(b)
@@ -465,11 +462,10 @@ def slow_kernelspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 async def test_seed_error_fails_startup_fast_naming_the_cell(notebook: MakeNotebook) -> None:
     path = notebook(["x = 1", "raise ValueError('bad seed')", "# GET /x\nprint(x)"])
     app = app_from_notebook(path, kernels=2)
-    started = time.monotonic()
+    # Failing without a retry is proven by test_pool_races.py (fake kernels, no clock).
     with anyio.fail_after(60), pytest.raises(SeedError) as info:
         async with cellserve.lifespan(app):
             pytest.fail("the app started although a seed cell raises")
-    elapsed = time.monotonic() - started
 
     error = info.value
     # Cells are numbered from 1 in notebook order, as in every other cellserve message.
@@ -477,7 +473,6 @@ async def test_seed_error_fails_startup_fast_naming_the_cell(notebook: MakeNoteb
     assert "seed cell 2" in str(error)
     assert "ValueError" in str(error) and "bad seed" in str(error)
     assert "bad seed" in error.traceback
-    assert elapsed < 20, f"start-up failed only after {elapsed:.1f} s"
 
 
 async def test_failed_startup_leaves_no_kernel(
@@ -533,13 +528,11 @@ async def test_slot_failing_to_reseed_is_given_up_and_requests_get_503(
         assert kernel["state"] == "failed"
         assert body["kernels"] == {"failed": 1}
 
-        started = time.monotonic()
         with anyio.fail_after(30):
             response = await client.get("/seed")
         assert_503(response)
+        # Refused at once: after the 10 s queue timeout the message would say so instead.
         assert "every kernel failed to start" in response.json()["message"]
-        # Refused at once, not after the 10 s queue timeout.
-        assert time.monotonic() - started < 5
 
 
 # -- shutdown ---------------------------------------------------------------------------------
