@@ -20,6 +20,7 @@ from tests.servers import ServerThread, write_notebook
 CELLS = [
     "import os, time\nVALUE = 1",
     "# GET /value\nprint(VALUE)",
+    "# GET /stream\n# cellserve: stream\nprint(VALUE)",
     "# GET /slow\n# cellserve: timeout=1\ntime.sleep(30)",
     "# GET /exit\nos._exit(1)",
 ]
@@ -66,6 +67,7 @@ def test_requests_and_latency_move_with_traffic(server: ServerThread) -> None:
     for _ in range(3):
         assert httpx.get(server.url + "/value", timeout=30).status_code == 200
     assert httpx.get(server.url + "/nowhere", timeout=30).status_code == 404
+    assert httpx.get(server.url + "/stream", timeout=30).text == "1\n"
     after = scrape(server.url)
 
     ok = {"notebook": NB, "route": "GET /value", "method": "GET", "status": "200"}
@@ -80,7 +82,8 @@ def test_requests_and_latency_move_with_traffic(server: ServerThread) -> None:
     count = "cellserve_request_duration_seconds_count"
     assert value(after, count, **route) - value(before, count, **route) == pytest.approx(3)
     waits = "cellserve_queue_wait_seconds_count"
-    assert value(after, waits, notebook=NB) - value(before, waits, notebook=NB) == 3
+    # Every request that leases a kernel, streaming ones too.
+    assert value(after, waits, notebook=NB) - value(before, waits, notebook=NB) == 4
     assert value(after, "cellserve_kernels", notebook=NB, state="idle") == 1
     assert value(after, "cellserve_queue_depth", notebook=NB) == 0
     assert value(after, "cellserve_generation", notebook=NB) >= 1

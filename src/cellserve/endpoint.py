@@ -136,6 +136,7 @@ async def _run_endpoint(
             pass
 
     if endpoint.options.stream:
+        note_queued()
         pool = generation.pool
         return await stream_cell(pool, call, timeout, accept, receive, send, disconnected)
     if endpoint.options.job:
