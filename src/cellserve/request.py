@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import json
 import re
 import sys
@@ -135,11 +136,20 @@ def _without_token(value: str | list[str], token: str) -> str | list[str]:
 
 
 def _without_token_text(text: str, token: str) -> str:
-    # `?token=X&a=1` → `?a=1`; `?a=1&token=X` → `?a=1`; `?token=X` → ``.
-    text = _TOKEN_PARAM.sub(lambda m: m.group(1) if m.group(2) else "", text)
-    for form in {token, quote(token, safe=""), quote_plus(token)}:
-        text = text.replace(form, _HIDDEN)
+    if "token=" in text:
+        # `?token=X&a=1` → `?a=1`; `?a=1&token=X` → `?a=1`; `?token=X` → ``.
+        text = _TOKEN_PARAM.sub(lambda m: m.group(1) if m.group(2) else "", text)
+    for form in _token_forms(token):
+        if form in text:
+            text = text.replace(form, _HIDDEN)
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _token_forms(token: str) -> tuple[str, ...]:
+    """The ways `token` can be spelled in a header, longest first (worked out once per token,
+    not once per header of every request)."""
+    return tuple(sorted({token, quote(token, safe=""), quote_plus(token)}, key=len, reverse=True))
 
 
 def _parse_query(query_string: bytes) -> dict[str, list[str]]:
