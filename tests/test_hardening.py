@@ -203,7 +203,7 @@ def test_hostile_bodies_are_400_json(
 
 @pytest.mark.parametrize("mode", ["fast", "execute"])
 @pytest.mark.parametrize("route", ["/value", "/html"])
-def test_large_value_or_display_passes_no_size_limit(
+def test_large_value_or_display_is_held_to_the_size_limit(
     mode: str, route: str, request: pytest.FixtureRequest
 ) -> None:
     server: ServerThread = request.getfixturevalue(mode)

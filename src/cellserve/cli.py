@@ -78,7 +78,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "--max-response-size",
         "max_response_size",
         {"type": int},
-        "most characters a cell may print before a 500 (default 64 MiB)",
+        "most characters of a cell's output (stdout, value, displays) before a 500 (default 64 Mi)",
     ),
     ("--static-path", "static_path", {"type": Path}, "serve this folder at /public/"),
     (

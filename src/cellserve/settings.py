@@ -23,7 +23,7 @@ DEFAULT_PORT = 9090
 @dataclass(frozen=True)
 class Settings:
     """Options for one cellserve app. Times are in seconds; `max_body_size` is in bytes,
-    `max_response_size` in characters a cell may print to stdout."""
+    `max_response_size` in characters of a cell's output (stdout, value and displays)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
