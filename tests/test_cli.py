@@ -225,7 +225,12 @@ def test_version() -> None:
 
 def test_bad_option_value_is_one_line(notebook) -> None:
     path = notebook(API_CELLS)
-    for bad in (["--log-level", "verbose"], ["--log-format", "xml"], ["--port", "http"]):
+    for bad in (
+        ["--log-level", "verbose"],
+        ["--log-format", "xml"],
+        ["--port", "http"],
+        ["--static-path", "/nonexistent/public"],
+    ):
         result = run_quick([CELLSERVE, "serve", str(path), *bad])
         assert result.returncode == 2, bad
         assert result.stdout == ""

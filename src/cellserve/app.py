@@ -39,7 +39,7 @@ from cellserve.auth import RefuseWebSockets, TokenAuthMiddleware
 from cellserve.docs import docs_assets, docs_page
 from cellserve.draining import DrainRequestBody
 from cellserve.endpoint import serve_notebook_request
-from cellserve.exceptions import CellserveError
+from cellserve.exceptions import CellserveError, SettingsError
 from cellserve.jobs import Job, JobTable, JobWork, job_routes
 from cellserve.metrics import PoolSource, metrics_endpoint
 from cellserve.openapi import Section, kernel_gateway_swagger, openapi_document
@@ -346,6 +346,11 @@ def notebook_routes(state: CellserveApp) -> Router:
     if settings.allow_notebook_download:
         routes.append(Route(f"{KERNEL_GATEWAY_PREFIX}/source", _needs_service(state, source)))
     if settings.static_path is not None:
+        if not Path(settings.static_path).is_dir():
+            raise SettingsError(
+                f"static path {settings.static_path} is not a directory; "
+                "create it or give another --static-path"
+            )
         routes.append(Mount("/public", app=StaticFiles(directory=settings.static_path)))
     return Router(routes=routes, default=state.dispatch)
 
