@@ -169,6 +169,63 @@ async def test_client_gone_while_queued_is_counted_as_disconnected_not_rejected(
     assert [c.call.route for c in kernel.calls] == ["GET /a"]  # b's cell never ran
 
 
+async def test_request_cancelled_while_queued_leaves_the_queue_and_never_runs() -> None:
+    """Cancelled while it waits (the server stopping under it): its own ending, neither a
+    rejection nor a disconnect, and the kernel goes on to the next request in line."""
+    factory = FakeFactory()
+    async with running(factory) as pool, anyio.create_task_group() as tg:
+        requests = Outcomes(pool, tg)
+        requests.start("a")
+        kernel = kernel_of(factory)
+        await eventually(lambda: len(kernel.calls) == 1)
+        waiting = anyio.CancelScope()
+
+        async def queued() -> None:
+            with waiting:
+                await execute(pool, call("GET /b"))
+
+        tg.start_soon(queued)
+        requests.start("c")
+        await eventually(lambda: pool.stats().queue_depth == 2)
+        waiting.cancel()
+        await eventually(lambda: pool.stats().queue_depth == 1)
+        kernel.answer()
+        await eventually(lambda: len(kernel.calls) == 2)
+        kernel.answer()
+        assert isinstance(await requests.result("c"), CellOutcome)
+    stats = pool.stats()
+    assert [c.call.route for c in kernel.calls] == ["GET /a", "GET /c"]  # b's cell never ran
+    assert stats.endings["cancelled"] == 1
+    assert (stats.disconnected, stats.rejected, stats.requests_served) == (0, 0, 2)
+
+
+async def test_request_cancelled_mid_cell_interrupts_its_kernel_which_serves_again() -> None:
+    """Cancelled while its cell runs (a streaming client gone, the server stopping): the
+    kernel is interrupted before anyone else gets it, and then serves the next request."""
+    factory = FakeFactory()
+    async with running(factory) as pool, anyio.create_task_group() as tg:
+        kernel = kernel_of(factory)
+        running_call = anyio.CancelScope()
+
+        async def cancelled() -> None:
+            with running_call:
+                await execute(pool, call("GET /a"))
+
+        tg.start_soon(cancelled)
+        await eventually(lambda: len(kernel.calls) == 1)
+        requests = Outcomes(pool, tg)
+        requests.start("b")
+        await eventually(lambda: pool.stats().queue_depth == 1)
+        running_call.cancel()
+        await eventually(lambda: kernel.interrupts == 1 and len(kernel.calls) == 2)
+        kernel.answer("b\n")
+        outcome = await requests.result("b")
+        assert isinstance(outcome, CellOutcome) and outcome.cell.stdout == "b\n"
+    stats = pool.stats()
+    assert stats.endings["abandoned"] == 1 and stats.requests_served == 1
+    assert stats.interrupts == 1
+
+
 async def test_queue_timeout_names_the_notebook_and_route_and_counts_a_rejection() -> None:
     factory = FakeFactory()
     limits = PoolLimits(**{**FAST.__dict__, "queue_timeout": 0.01})
