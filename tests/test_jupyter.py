@@ -18,6 +18,7 @@ import httpx
 import pytest
 from jupyter_server_proxy.config import get_entrypoint_server_processes
 
+from cellserve.jupyter import notebooks_with_endpoints
 from tests.servers import free_port, write_notebook
 
 BASE_URL = "/user/ana/"
@@ -117,3 +118,15 @@ def test_a_folder_without_api_notebooks_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "not serving notes.ipynb" in result.stderr
     assert "declares an endpoint" in result.stderr
+
+
+def test_notebooks_whose_name_cannot_be_a_prefix_are_skipped_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cells = ["# GET /hello\nprint('hi')"]
+    prices = write_notebook(tmp_path / "prices.ipynb", cells)
+    for name in ("_draft.ipynb", "a=b.ipynb"):
+        write_notebook(tmp_path / name, cells)
+    assert notebooks_with_endpoints(tmp_path) == {"prices": prices}
+    skipped = capsys.readouterr().err
+    assert "not serving _draft.ipynb" in skipped and "not serving a=b.ipynb" in skipped

@@ -59,6 +59,10 @@ def notebooks_with_endpoints(folder: Path) -> dict[str, Path]:
     the others are skipped, each with a line on stderr saying why."""
     found: dict[str, Path] = {}
     for path in sorted(folder.glob("*.ipynb")):
+        if path.stem.startswith(("_", ".")) or "=" in path.stem:
+            # A prefix cannot start with "_" (cellserve's own paths) or hold "=" (PREFIX=PATH).
+            print(f"cellserve: not serving {path.name}: rename it to serve it", file=sys.stderr)
+            continue
         try:
             load_notebook(path)
         except NotebookError as exc:
