@@ -270,14 +270,13 @@ async def test_timeout_interrupts_the_cell_and_keeps_the_seeded_kernel(
         assert (await client.get("/run-once")).text == "1\n"
         before = kernel_stats(await health(client))[0]
 
-        started = time.monotonic()
+        # Answered at the timeout, not after the interrupt: test_pool_races.py proves it
+        # with the interrupt held open.
         with anyio.fail_after(30):
             response = await client.get("/sleep", params={"s": "30"})
-        elapsed = time.monotonic() - started
 
         body = assert_json_error(response, 504)
         assert body["reason"] == "Gateway Timeout"
-        assert elapsed < 1.0 + 3.0 + 3.0, f"a 1 s timeout answered after {elapsed:.2f} s"
         after = await assert_consistent(client, 1)
         kernel = kernel_stats(after)[0]
         assert (kernel["kernel_id"], kernel["pid"]) == (before["kernel_id"], before["pid"])
@@ -285,12 +284,10 @@ async def test_timeout_interrupts_the_cell_and_keeps_the_seeded_kernel(
         assert after["stats"]["timeouts"] == 1
         assert after["stats"]["crashes"] == 0
         # Same process, same namespace: seed state and earlier request state survive.
+        # The interrupted cell does not linger: behind its 30 s sleep, these requests would
+        # get the 1 s timeout's 504.
         assert (await client.get("/ran")).text == "1\n"
-        # The interrupted cell does not linger (it would sleep 30 s): the next request is
-        # answered well before that.
-        started = time.monotonic()
         assert (await client.get("/sleep", params={"s": "0.1"})).status_code == 200
-        assert time.monotonic() - started < 15
 
 
 async def test_kernel_ignoring_the_interrupt_is_restarted_and_reseeded(
@@ -304,19 +301,15 @@ async def test_kernel_ignoring_the_interrupt_is_restarted_and_reseeded(
         assert (await client.get("/run-once")).text == "1\n"
         old = kernel_stats(await health(client))[0]
 
-        started = time.monotonic()
         with anyio.fail_after(30):
             response = await client.get("/ignore-interrupt")
-        answered = time.monotonic() - started
         assert_json_error(response, 504)
-        assert answered < timeout + grace + 3.0, f"answered after {answered:.2f} s"
 
         body = await wait_for_health(
             client,
             lambda b: kernel_stats(b)[0]["restarts"] == 1 and all_idle(b),
             timeout=timeout + grace + 10.0,
         )
-        recovered = time.monotonic() - started
         kernel = kernel_stats(body)[0]
         assert kernel["pid"] != old["pid"]
         assert kernel["kernel_id"] != old["kernel_id"]
@@ -325,7 +318,6 @@ async def test_kernel_ignoring_the_interrupt_is_restarted_and_reseeded(
         # The new kernel was seeded: the seed variable is there, request state is not.
         assert (await client.get("/seed")).text == "seeded\n"
         assert (await client.get("/ran")).text == "0\n"
-        assert recovered < timeout + grace + 10.0
         await wait_gone([old["pid"]])
         await assert_consistent(client, 1)
 
@@ -364,12 +356,12 @@ async def test_killed_kernel_is_replaced_while_the_other_keeps_serving(
     app = app_from_notebook(api_notebook(notebook), kernels=2, timeout=30)
     async with serving(app) as url, client_for(url) as client:
         await wait_for_health(client, lambda b: b["kernels"] == {"idle": 2})
-        result: list[tuple[httpx.Response, float]] = []
+        result: list[httpx.Response] = []
         served_during_restart = 0
 
         async def sleeper() -> None:
             response = await client.get("/sleep", params={"s": "20"})
-            result.append((response, time.monotonic()))
+            result.append(response)
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -379,7 +371,6 @@ async def test_killed_kernel_is_replaced_while_the_other_keeps_serving(
                 other = next(k for k in kernel_stats(body) if k["state"] == "idle")
                 await anyio.sleep(0.3)  # let the cell start sleeping
                 os.kill(victim["pid"], signal.SIGKILL)
-                killed_at = time.monotonic()
 
                 # Until the victim's slot has a new idle kernel, the other kernel serves.
                 while True:
@@ -393,12 +384,10 @@ async def test_killed_kernel_is_replaced_while_the_other_keeps_serving(
                     if result:  # the death is known: the slot is being replaced
                         served_during_restart += 1
 
-        ((response, answered_at),) = result
+        (response,) = result
+        # Noticed by the pool (503, "died"), not by the 30 s timeout (504).
         assert_503(response)
         assert "died" in response.json()["message"]
-        noticed = answered_at - killed_at
-        # Noticed by the pool, not by the 30 s timeout.
-        assert noticed < 15, f"the killed kernel's request was answered after {noticed:.2f} s"
         assert served_during_restart, "the other kernel served nothing during the restart"
         body = await health(client)
         replaced = kernel_stats(body)[victim["slot"]]

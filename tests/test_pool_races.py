@@ -263,13 +263,18 @@ async def test_full_queue_is_refused_at_once_with_retry_after() -> None:
 
 async def test_timeout_answers_at_once_and_the_interrupted_kernel_serves_again() -> None:
     factory = FakeFactory()
+    interrupt_held = anyio.Event()
+    factory.prepare = lambda k: setattr(k, "interrupt_gate", interrupt_held)
     async with running(factory) as pool, anyio.create_task_group() as tg:
         requests = Outcomes(pool, tg)
         requests.start("slow", timeout=0.01)
+        # The 504 does not wait for the interrupt, which is still held open here.
         error = await requests.result("slow")
         assert isinstance(error, ExecutionTimeout)
         assert str(error).startswith("api.ipynb GET /slow: the cell ran longer than 0.01 s")
         kernel = kernel_of(factory)
+        assert state(pool) == "interrupting"
+        interrupt_held.set()
         await eventually(lambda: kernel.interrupts == 1 and state(pool) == "idle")
         requests.start("next")
         await eventually(lambda: len(kernel.calls) == 2)
