@@ -104,7 +104,9 @@ def _alive(pid: int) -> bool:
         ),
     ],
 )
-async def test_broken_save_keeps_the_old_version_serving(tmp_path: Path, broken) -> None:
+async def test_broken_save_keeps_the_old_version_serving(
+    tmp_path: Path, broken, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write_notebook(tmp_path / "api.ipynb", [SEED, HELLO])
     good_text = path.read_text()
     app = app_from_notebook(path, reload=True, reload_debounce=0.05)
@@ -116,6 +118,10 @@ async def test_broken_save_keeps_the_old_version_serving(tmp_path: Path, broken)
         )
         error = health.json()["last_reload_error"]
         assert "api.ipynb" in error or "seed cell 1" in error
+        (failure,) = [r for r in caplog.records if "reload failed" in r.getMessage()]
+        assert failure.getMessage().endswith(error)  # one line; a seed cell's traceback apart
+        if "seed cell" in error:
+            assert "ValueError: bad seed" in failure.traceback  # type: ignore[attr-defined]
         response = await client.get("/hello")
         assert response.status_code == 200
         assert "v1" in response.text

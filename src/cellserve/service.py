@@ -283,10 +283,16 @@ class NotebookService:
     ) -> ReloadResult:
         record_reload(self.label, change.value, "failed")
         message = str(exc)
-        if isinstance(exc, SeedError) and exc.traceback:
-            logger.error("%s reload failed (%s): %s\n%s", self.label, trigger, exc, exc.traceback)
-        else:
-            logger.error("%s reload failed (%s): %s", self.label, trigger, message)
+        # A seed cell's traceback goes with the line as cell errors' do (logs.log_cell_error):
+        # after it in text, as the record's "traceback" field in JSON.
+        traceback = exc.traceback if isinstance(exc, SeedError) else ""
+        logger.error(
+            "%s reload failed (%s): %s",
+            self.label,
+            trigger,
+            message,
+            extra={"traceback": traceback or None},
+        )
         self.last_error = message
         return ReloadResult(Change.NONE, self.current.number, time.monotonic() - started, message)
 
