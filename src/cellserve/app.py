@@ -50,7 +50,7 @@ from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
 from cellserve.shutdown import draining
-from cellserve.startup import ServerDetector, ServerHooks, running
+from cellserve.startup import ServerDetector, ServerHooks, running, sole_error
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -84,7 +84,7 @@ class CellserveApp:
         except Exception as exc:
             if self.service.stopping and not self.service.started:
                 return  # stopped while starting (Ctrl-C, SIGTERM): not a failure
-            self.start_error = _sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            self.start_error = sole_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
 
     def stop(self) -> None:
         """Stop serving: cancel running jobs (interrupting their kernels), stop the service."""
@@ -239,14 +239,6 @@ def _unavailable(label: str, error: Exception) -> Response:
     if isinstance(error, Starting):
         return error_response(503, str(error), {"Retry-After": str(STARTING_RETRY_AFTER)})
     return error_response(503, f"{label} could not be started: {error}")
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error inside nested single-error groups, else the group itself."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 def base_url(request: Request) -> str:

@@ -193,7 +193,7 @@ async def running(
                 for notebook in notebooks:
                     notebook.stop()
     except BaseExceptionGroup as group:
-        raise _sole_error(group) from None
+        raise sole_error(group) from None
 
 
 async def _run(
@@ -280,7 +280,7 @@ def _first_error(notebooks: Sequence[Notebook]) -> BaseException:
     return errors[0]
 
 
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one error inside nested single-error groups, else the group itself."""
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
