@@ -538,4 +538,9 @@ async def test_close_after_the_grace_refuses_the_queue_and_stops_the_busy_kernel
         assert isinstance(running_error, Unavailable)
         assert isinstance(queued_error, Unavailable)
         assert "shutting down" in str(queued_error)
+        # Its kernel was stopped with the pool: not "being restarted", which it is not.
+        assert str(running_error) == (
+            "api.ipynb GET /stuck: the kernel running this request died; "
+            "the server is shutting down"
+        )
     assert kernel_of(factory).shutdowns == 1

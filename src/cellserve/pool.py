@@ -593,14 +593,19 @@ class Lease:
                 # kernel's fault, so interrupt it and let the caller's error through.
                 self._end(book.leave(request, Ending.ABANDONED))
                 raise
+            # A closing pool stops its kernels past the grace, and replaces none.
+            stopping = "the server is shutting down" if pool.closing else None
             if isinstance(exc, KernelError):
-                logger.warning("%s %s: %s; restarting the kernel", pool.label, call.route, exc)
+                next_step = stopping or "restarting the kernel"
+                logger.warning("%s %s: %s; %s", pool.label, call.route, exc, next_step)
                 what = "died" if isinstance(exc, KernelDied) else f"failed ({exc})"
             else:  # a bug or an untranslated error at the Jupyter boundary
                 logger.exception("%s %s: unexpected kernel error", pool.label, call.route)
                 what = f"failed unexpectedly ({exc!r})"
             self._end(book.failed(request, str(exc)))
-            if isinstance(exc, KernelOutOfMemory):
+            if stopping is not None:
+                reason = f"the kernel running this request {what}; {stopping}"
+            elif isinstance(exc, KernelOutOfMemory):
                 reason = f"{exc}; its kernel is being replaced"
             else:
                 reason = f"the kernel running this request {what}; it is being restarted"
