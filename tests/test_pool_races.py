@@ -169,6 +169,35 @@ async def test_client_gone_while_queued_is_counted_as_disconnected_not_rejected(
     assert [c.call.route for c in kernel.calls] == ["GET /a"]  # b's cell never ran
 
 
+async def test_client_leaving_in_the_step_that_hands_it_a_kernel_is_served_once() -> None:
+    """The disconnect and the hand-over race: the hand-over wins (its call is already sent),
+    so the request runs and ends once, as served, and the kernel is free again after it."""
+    factory = FakeFactory()
+    gone = anyio.Event()
+    async with running(factory) as pool, anyio.create_task_group() as tg:
+        requests = Outcomes(pool, tg)
+        requests.start("a")
+        kernel = kernel_of(factory)
+        await eventually(lambda: len(kernel.calls) == 1)
+        outcomes: list[CellOutcome] = []
+
+        async def queued() -> None:
+            outcomes.append(await execute(pool, call("GET /b"), disconnected=gone.wait))
+
+        tg.start_soon(queued)
+        await eventually(lambda: pool.stats().queue_depth == 1)
+        kernel.on_begin = lambda c: gone.set() if c.route == "GET /b" else None
+        kernel.answer("a\n")
+        await eventually(lambda: len(kernel.calls) == 2)
+        kernel.answer("b\n")
+        await eventually(lambda: bool(outcomes))
+        assert outcomes[0].cell.stdout == "b\n"
+        await eventually(lambda: state(pool) == "idle")
+    stats = pool.stats()
+    assert (stats.requests_served, stats.disconnected, stats.interrupts) == (2, 0, 0)
+    assert sum(stats.endings.values()) == 2
+
+
 async def test_request_cancelled_while_queued_leaves_the_queue_and_never_runs() -> None:
     """Cancelled while it waits (the server stopping under it): its own ending, neither a
     rejection nor a disconnect, and the kernel goes on to the next request in line."""
