@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -96,13 +96,17 @@ def assert_gone(pids: list[int], timeout: float = 30.0) -> None:
     assert [pid for pid in pids if is_running(pid)] == []
 
 
-def run_quick(args: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run a command expected to finish on its own within `timeout` seconds."""
+def run_quick(
+    args: Sequence[str], timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command expected to finish on its own within `timeout` seconds; `env` adds
+    variables to this process's environment."""
     return subprocess.run(
         list(args),
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "120"},  # argparse wraps help to the terminal width
+        # argparse wraps help to the terminal width
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
     )

@@ -240,6 +240,16 @@ def test_bad_option_value_is_one_line(notebook) -> None:
         assert repr(bad[1]) in lines[0] or bad[1] in lines[0]
 
 
+def test_bad_log_setting_from_the_environment_is_one_line(notebook) -> None:
+    path = notebook(API_CELLS)
+    for variable, value in (("CELLSERVE_LOG_LEVEL", "verbose"), ("CELLSERVE_LOG_FORMAT", "xml")):
+        result = run_quick([CELLSERVE, "serve", str(path)], env={variable: value})
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert repr(value) in lines[0] and variable in lines[0]
+
+
 def test_port_in_use_fails_at_once_without_starting_a_kernel(notebook, tmp_path: Path) -> None:
     marker = tmp_path / "seeded"
     path = notebook([f"open({str(marker)!r}, 'w').close()", "# GET /x\nprint(1)"])

@@ -211,7 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         return int(args.run(args))
-    handler = configure_logging(args.log_level, args.log_format)
+    try:  # argparse checks the flags' values, not defaults from the environment
+        handler = configure_logging(args.log_level, args.log_format)
+    except CellserveError as exc:
+        return _fail(f"{exc} (from CELLSERVE_LOG_LEVEL or CELLSERVE_LOG_FORMAT)", 2)
     live = sys.stderr.isatty() and args.log_format == "text"
     options = {option: getattr(args, option) for _, option, _, _ in _OPTIONS}
     for option in ("allow_credentials", "allow_notebook_download", *(s[1] for s in _SWITCHES)):
