@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from cellserve.exceptions import Unavailable
+from cellserve.request import fold_headers
 from cellserve.response import error_response
 from cellserve.routing import ADMIN_PREFIX
 
@@ -85,17 +86,7 @@ class StoredResponse:
     def as_json(self) -> dict[str, Any]:
         """Headers as an object (a repeated header gives a list); the body as text, or as
         base64 with ``body_encoding`` when it is not UTF-8 (as ``REQUEST`` carries bodies)."""
-        headers: dict[str, Any] = {}
-        for name, value in self.headers:
-            if name == "content-length":
-                continue
-            previous = headers.get(name)
-            if previous is None:
-                headers[name] = value
-            elif isinstance(previous, list):
-                previous.append(value)
-            else:
-                headers[name] = [previous, value]
+        headers = fold_headers((n, v) for n, v in self.headers if n != "content-length")
         try:
             return {"status": self.status, "headers": headers, "body": self.body.decode("utf-8")}
         except UnicodeDecodeError:

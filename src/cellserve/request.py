@@ -115,10 +115,19 @@ def build_request_value(parts: RequestParts, *, token: str | None = None) -> dic
 
 def _title_case_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
     """Header names as Tornado spells them (``x-kgc-test`` → ``X-Kgc-Test``); repeats → list."""
+    return fold_headers(
+        (_title_case(name.decode("latin-1")), value.decode("latin-1")) for name, value in raw
+    )
+
+
+def _title_case(name: str) -> str:
+    return "-".join(word.capitalize() for word in name.split("-"))
+
+
+def fold_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Headers as a JSON object, Tornado's shape: a repeated name holds the list of its values."""
     headers: dict[str, Any] = {}
-    for raw_name, raw_value in raw:
-        name = "-".join(word.capitalize() for word in raw_name.decode("latin-1").split("-"))
-        value = raw_value.decode("latin-1")
+    for name, value in pairs:
         previous = headers.get(name)
         if previous is None:
             headers[name] = value
