@@ -140,6 +140,21 @@ def test_missing_notebook_under_plain_hypercorn_exits_non_zero(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+def test_bad_setting_under_plain_hypercorn_exits_non_zero(notebook) -> None:
+    """Raised while hypercorn's worker imports the app (hypercorn alone: traceback, exit 0)."""
+    path = notebook(["# GET /x\nprint(1)"])
+    for target in (
+        f"cellserve:app_from_notebook('{path}')",
+        f"cellserve:app_from_notebooks(['{path}'])",
+    ):
+        args = [HYPERCORN, target, "--bind", f"127.0.0.1:{free_port()}"]
+        result = run_quick(args, timeout=60, env={"CELLSERVE_KERNELS": "0"})
+        assert result.returncode != 0
+        failures = [line for line in result.stderr.splitlines() if "start-up failed" in line]
+        assert failures == ["cellserve: start-up failed: kernels must be at least 1, got 0"]
+        assert "Traceback" not in result.stderr
+
+
 def test_two_notebooks_seed_concurrently(tmp_path: Path, processes: list[Process]) -> None:
     """Each seed waits for the other's to have started: sequential seeding would deadlock
     (and fail at the 60 s barrier), so both being ready proves they seed at the same time."""

@@ -50,7 +50,13 @@ from cellserve.scheduler import KernelState
 from cellserve.service import NotebookService
 from cellserve.settings import Settings
 from cellserve.shutdown import draining
-from cellserve.startup import ServerDetector, ServerHooks, running, sole_error
+from cellserve.startup import (
+    ServerDetector,
+    ServerHooks,
+    failing_start_under_hypercorn,
+    running,
+    sole_error,
+)
 
 Status = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -428,9 +434,10 @@ def app_from_notebook(path: str | os.PathLike[str], **options: Any) -> Starlette
 
         app = app_from_notebook("house_prices.ipynb", kernels=2)
     """
-    settings = Settings.load(**options)
-    state = CellserveApp(Path(path), settings)
-    app = mounted_app(notebook_routes(state), settings, [state])
+    with failing_start_under_hypercorn():
+        settings = Settings.load(**options)
+        state = CellserveApp(Path(path), settings)
+        app = mounted_app(notebook_routes(state), settings, [state])
     app.state.cellserve = state
     return app
 

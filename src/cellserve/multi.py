@@ -32,6 +32,7 @@ from cellserve.exceptions import SettingsError
 from cellserve.openapi import openapi_document
 from cellserve.routing import ADMIN_PREFIX
 from cellserve.settings import Settings
+from cellserve.startup import failing_start_under_hypercorn
 
 NotebookPaths = Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]]
 
@@ -60,7 +61,11 @@ def notebook_prefixes(notebooks: NotebookPaths) -> dict[str, Path]:
 
 def app_from_notebooks(notebooks: NotebookPaths, **options: Any) -> Starlette:
     """One Starlette app serving several notebooks, each under its own prefix."""
-    settings = Settings.load(**options)
+    with failing_start_under_hypercorn():
+        return _app_from_notebooks(notebooks, Settings.load(**options))
+
+
+def _app_from_notebooks(notebooks: NotebookPaths, settings: Settings) -> Starlette:
     part_settings = settings.with_changes(base_url="/")
     states = {
         prefix: CellserveApp(path, part_settings, label=prefix)

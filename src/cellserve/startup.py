@@ -19,8 +19,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,20 @@ def report_failed_start(error: BaseException) -> None:
     if command == "hypercorn":
         _end_hypercorn_master()
     os._exit(1)
+
+
+@contextmanager
+def failing_start_under_hypercorn() -> Iterator[None]:
+    """Around building an app: a bad option (``CELLSERVE_KERNELS=0``...) raises here, where
+    hypercorn's worker imports the app, and hypercorn would print a traceback and exit 0.
+    Under hypercorn's command line it ends the process as a failed start does (one line, exit
+    1); elsewhere the error is raised to the caller."""
+    try:
+        yield
+    except CellserveError as exc:
+        if _server_command() == "hypercorn":
+            report_failed_start(exc)
+        raise
 
 
 def _server_command() -> str | None:
