@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from cellserve import app_from_notebook
-from cellserve.logs import JsonFormatter, TextFormatter, request_id_from
+from cellserve.logs import JsonFormatter, TextFormatter, ensure_logging, request_id_from
 from tests.servers import ServerThread, write_notebook
 
 CELLS = [
@@ -241,3 +241,29 @@ def test_execute_mode_traceback_quotes_no_request_data(tmp_path: Path, captured:
     assert "1 / 0" in captured.text  # the cell's own frame is there...
     assert "hunter2" not in captured.text  # ...but not the request it was given
     assert "REQUEST = " not in captured.text
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"), [("json", JsonFormatter), ("xml", TextFormatter)]
+)
+def test_unconfigured_logging_gets_cellserve_lines_in_the_chosen_format(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    expected: type[logging.Formatter],
+) -> None:
+    """``hypercorn module:app`` with no logging set up: cellserve adds its own handler; an
+    unknown CELLSERVE_LOG_FORMAT is one warning, not a traceback in the server's lifespan."""
+    package = logging.getLogger("cellserve")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(package, "level", logging.NOTSET)
+    monkeypatch.setenv("CELLSERVE_LOG_FORMAT", variable)
+    ensure_logging()
+    (handler,) = package.handlers
+    assert type(handler.formatter) is expected
+    warned = capsys.readouterr().err
+    if variable == "xml":
+        assert "CELLSERVE_LOG_FORMAT='xml' is not 'text' or 'json'" in warned
+    else:
+        assert warned == ""

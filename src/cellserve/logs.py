@@ -195,13 +195,21 @@ def ensure_logging() -> None:
     """Show cellserve's own lines when nobody configured logging (e.g. ``hypercorn mod:app``).
 
     Python's default would print only warnings, so an operator would see no start-up progress.
-    ``CELLSERVE_LOG_FORMAT=json`` chooses JSON lines there too.
+    ``CELLSERVE_LOG_FORMAT=json`` chooses JSON lines there too; another value is said in one
+    warning and text is written (this runs in a server's lifespan, where raising would be a
+    traceback, not a message).
     """
     package = logging.getLogger("cellserve")
     if logging.getLogger().handlers or package.handlers:
         return
+    requested = os.environ.get("CELLSERVE_LOG_FORMAT", "text").lower()
+    log_format = requested if requested in LOG_FORMATS else "text"
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter_for(os.environ.get("CELLSERVE_LOG_FORMAT", "text").lower()))
+    handler.setFormatter(formatter_for(log_format))
     package.addHandler(handler)
     if package.level == logging.NOTSET:
         package.setLevel(logging.INFO)
+    if log_format != requested:
+        package.warning(
+            "CELLSERVE_LOG_FORMAT=%r is not 'text' or 'json': writing text lines", requested
+        )
