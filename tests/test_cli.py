@@ -257,16 +257,14 @@ def test_port_in_use_fails_at_once_without_starting_a_kernel(notebook, tmp_path:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        started = time.monotonic()
+        # run_quick's timeout bounds it; the marker proves no kernel was started first.
         result = run_quick([CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"])
-        elapsed = time.monotonic() - started
     assert result.returncode != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert f"port {port}" in lines[0]
     assert "already in use" in lines[0]
     assert not marker.exists(), "a kernel ran the seed cell although the port was taken"
-    assert elapsed < 30  # in practice ~1 s (interpreter start); generous for a busy machine
 
 
 def test_json_logs_and_private_ipc_kernels(
