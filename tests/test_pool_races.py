@@ -313,7 +313,10 @@ async def test_timeout_answers_at_once_and_the_interrupted_kernel_serves_again()
     assert pool.stats().timeouts == 1
 
 
-async def test_kernel_ignoring_the_interrupt_is_replaced_and_reseeded() -> None:
+async def test_kernel_ignoring_the_interrupt_is_replaced_and_reseeded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "cellserve.pool")
     factory = FakeFactory()
     factory.prepare = lambda k: setattr(k, "interrupt_answers", False)
     async with running(factory) as pool, anyio.create_task_group() as tg:
@@ -324,6 +327,15 @@ async def test_kernel_ignoring_the_interrupt_is_replaced_and_reseeded() -> None:
         assert factory.kernels[0].shutdowns == 1
         assert factory.kernels[1].seeded
     assert pool.stats().kernels[0].restarts == 1
+    # One line for the timeout, one for the replacement it led to.
+    lines = [r.getMessage() for r in caplog.records if r.name == "cellserve.pool"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("504: api.ipynb GET /stuck: the cell ran longer than")
+    kernel = factory.kernels[0]
+    assert lines[1] == (
+        f"api.ipynb: kernel {kernel.id} (pid None) did not answer within 1 s of an interrupt; "
+        "restarting it"
+    )
 
 
 async def test_kernel_lost_during_an_interrupt_is_replaced_not_handed_out() -> None:

@@ -424,6 +424,15 @@ class KernelPool:
                 continue
             if view.state is KernelState.INTERRUPTING:
                 ok = await kernel.interrupt(self.limits.interrupt_grace)
+                if not ok:
+                    logger.warning(
+                        "%s: kernel %s (pid %s) did not answer within %s s of an interrupt; "
+                        "restarting it",
+                        self.label,
+                        kernel.id,
+                        kernel.pid,
+                        self.limits.interrupt_grace,
+                    )
                 self._apply(self._book.interrupted(kernel, ok))
                 continue
             with anyio.move_on_after(self.limits.liveness_interval):
