@@ -138,7 +138,7 @@ async def _run_endpoint(
     if endpoint.options.stream:
         note_queued()
         pool = generation.pool
-        return await stream_cell(pool, call, timeout, accept, receive, send, disconnected)
+        return await stream_cell(pool, call, timeout, accept, send, disconnected)
     if endpoint.options.job:
         # The execute path reports stdout as it arrives: the job's progress.
         job_call = replace(call, stream=True)

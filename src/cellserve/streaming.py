@@ -25,7 +25,7 @@ from contextlib import AsyncExitStack
 
 import anyio
 from starlette.responses import Response
-from starlette.types import Receive, Send
+from starlette.types import Send
 
 from cellserve.cells import CellCall, CellOutcome
 from cellserve.exceptions import RequestFailed
@@ -49,7 +49,6 @@ async def stream_cell(
     call: CellCall,
     timeout: float | None,
     accept: str | None,
-    receive: Receive,
     send: Send,
     disconnected: Callable[[], Awaitable[None]],
 ) -> Response | None:
