@@ -36,7 +36,11 @@ def cells(broken_route: str = "print(1)", minimum: int = 1) -> list[str | tuple[
         "# GET /typo\nprint('before'\n",
         f"# GET /fine\n{broken_route}",
         "# GET /boom\nx = 1\n1 / 0",
-        ("markdown", "```yaml\nbody: {schema: {items: {type: string}}}\n```"),
+        (
+            "markdown",
+            "```yaml\nbody: {schema: {items: {type: string}, "
+            "additionalProperties: {type: string}}}\n```",
+        ),
         "# POST /tags\nprint(1)",
     ]
 
@@ -108,6 +112,18 @@ def test_hostile_values_get_a_bounded_422_not_a_500(client: httpx.Client) -> Non
         "the first 50 are listed"
     )
     assert len(many.json()["problems"]) == 50
+
+
+def test_a_lone_surrogate_in_a_body_key_is_named_in_a_422_not_a_500(
+    client: httpx.Client,
+) -> None:
+    answer = client.post(
+        "/tags", content=b'{"\\ud800": 1}', headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["problems"] == [
+        {"in": "body", "at": "/\ufffd", "message": "1 is not of type 'string'"}
+    ]
 
 
 def test_a_syntax_error_is_kernel_gateways_500_naming_the_route(client: httpx.Client) -> None:

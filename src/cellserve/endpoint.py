@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from cellserve.batching import batcher_for
 from cellserve.cells import CellCall
+from cellserve.dispatch_common import utf8_safe
 from cellserve.exceptions import RequestFailed
 from cellserve.jobs import Job, SubmitJob, accepted_response
 from cellserve.logs import log_cell_error, note_queued, note_route
@@ -208,7 +209,11 @@ def _problems_response(label: str, problems: list[Problem]) -> Response:
     body = {
         "reason": "Unprocessable Entity",
         "message": f"the request does not match the declaration of {label}: {count}",
-        "problems": [problem.as_json() for problem in problems[:MAX_PROBLEMS]],
+        # A JSON body's keys may hold lone surrogates ("\\ud800"), which UTF-8 cannot send.
+        "problems": [
+            {key: utf8_safe(text) for key, text in problem.as_json().items()}
+            for problem in problems[:MAX_PROBLEMS]
+        ],
     }
     return JSONResponse(body, status_code=422)
 
