@@ -158,6 +158,30 @@ def test_a_job_survives_a_reload_of_other_routes(
     assert client.get("/api/quick").text == "edited\n"
 
 
+def test_a_job_outlives_the_server_timeout_when_a_reload_retires_its_kernels(
+    tmp_path: Path,
+) -> None:
+    """The retired pool waits for the job's own timeout (120 s), not the server's (1 s)."""
+    path = write_notebook(tmp_path / "jobs.ipynb", [GATED, TRAIN])
+    gate = tmp_path / "gate"
+    app = app_from_notebook(path, timeout=1, queue_timeout=1, shutdown_grace=1, kernels=1)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        location = client.post("/train", json={"gate": str(gate), "name": "kept"}).headers[
+            "location"
+        ]
+        _until(client, location, lambda job: "epoch 1" in job["progress"])
+        write_notebook(path, ["VERSION = 2\n" + GATED, TRAIN])
+        reload = client.post("/_cellserve/reload").json()
+        assert reload["change"] == "kernels" and reload["error"] is None
+        # Past the server's timeout + queue timeout + shutdown grace, when the old pool, its
+        # wait over, would have stopped the job's kernel.
+        time.sleep(4)
+        gate.touch()
+        done = _until(client, location, lambda job: job["state"] == "done")
+        assert done["result"]["status"] == 200
+        assert done["result"]["body"] == "epoch 1\nmodel kept\n"
+
+
 def test_openapi_documents_the_202_and_the_job_endpoints(client: httpx.Client) -> None:
     spec = client.get("/api/openapi.json").json()
     validate(spec)

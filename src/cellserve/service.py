@@ -43,6 +43,9 @@ from cellserve.settings import Settings
 
 logger = logging.getLogger("cellserve.service")
 
+_UNBOUNDED_WAIT = 3600.0
+"""Seconds a retiring pool waits for a request on a route with no timeout."""
+
 
 @dataclass(frozen=True, eq=False)
 class Generation:
@@ -298,8 +301,11 @@ class NotebookService:
 
     async def _retire(self, generation: Generation) -> None:
         """Let every request on `generation`'s pool finish (whichever generation it pinned, as
-        route-only reloads share pools), then stop its kernels."""
-        limit = (self.settings.timeout or 3600) + self.settings.queue_timeout
+        route-only reloads share pools), then stop its kernels. A request may run as long as its
+        route's timeout (a job's ``timeout=3600``), not only the server-wide one."""
+        timeouts = [e.options.timeout or self.settings.timeout for e in generation.api.endpoints]
+        longest = max((t or _UNBOUNDED_WAIT for t in timeouts), default=_UNBOUNDED_WAIT)
+        limit = longest + self.settings.queue_timeout
         with anyio.move_on_after(limit):
             await self._pins.wait_unpinned(generation.pool)
         await generation.pool.close()
