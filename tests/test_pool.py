@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -556,8 +555,10 @@ async def test_shutdown_finishes_the_request_in_flight_and_leaves_no_kernel(
 async def test_shutdown_with_a_kernel_stuck_in_a_cell_leaves_no_kernel(
     notebook: MakeNotebook,
 ) -> None:
+    # The cell (an hour) and its timeout (10 min) outlast the test's own 60 s limit, so a
+    # server that waited for either fails the test; no clock is read.
     app = app_from_notebook(
-        api_notebook(notebook), kernels=1, timeout=30, interrupt_grace=1, shutdown_grace=1
+        api_notebook(notebook), kernels=1, timeout=600, interrupt_grace=1, shutdown_grace=1
     )
     before = {child.pid for child in kernel_children()}
     async with httpx.AsyncClient(timeout=60) as client:
@@ -569,14 +570,11 @@ async def test_shutdown_with_a_kernel_stuck_in_a_cell_leaves_no_kernel(
                 async def stuck() -> None:
                     # Hypercorn cuts it off at its graceful timeout; any outcome will do.
                     with contextlib.suppress(httpx.TransportError):
-                        await client.get("/ignore-interrupt")
+                        await client.get("/sleep", params={"s": "3600"})
 
                 tg.start_soon(stuck)
                 await wait_for_health(client, lambda b: b["kernels"].get("busy") == 1)
                 await anyio.sleep(0.3)
-                stopping = time.monotonic()
-        stopped = time.monotonic() - stopping
-    assert stopped < 20, f"the server took {stopped:.1f} s to stop"
     await wait_gone([pid])
     await wait_no_new_kernels(before)
 
