@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +269,20 @@ def test_unconfigured_logging_gets_cellserve_lines_in_the_chosen_format(
         assert "CELLSERVE_LOG_FORMAT='xml' is not 'text' or 'json'" in warned
     else:
         assert warned == ""
+
+
+def test_python_warnings_become_log_records_in_the_chosen_format() -> None:
+    """In JSON mode every stderr line must parse, a library's warning included."""
+    code = (
+        "from cellserve.logs import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "import warnings\n"
+        "warnings.warn('something old', DeprecationWarning, stacklevel=1)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    (line,) = result.stderr.splitlines()
+    entry = json.loads(line)
+    assert (entry["logger"], entry["level"]) == ("py.warnings", "WARNING")
+    assert "DeprecationWarning: something old" in entry["message"]

@@ -177,8 +177,8 @@ def formatter_for(log_format: str) -> logging.Formatter:
 
 
 def configure_logging(level: str = "info", log_format: str = "text") -> logging.StreamHandler[Any]:
-    """Send every log record (cellserve's, hypercorn's, the Jupyter stack's) to stderr;
-    returns the one handler that writes them."""
+    """Send every log record (cellserve's, hypercorn's, the Jupyter stack's, Python's
+    warnings) to stderr; returns the one handler that writes them."""
     if level.lower() not in LOG_LEVELS:
         raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
@@ -188,6 +188,8 @@ def configure_logging(level: str = "info", log_format: str = "text") -> logging.
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # A library's warning is then a record like any other (one JSON line, not raw stderr).
+    logging.captureWarnings(True)
     return handler
 
 
