@@ -42,7 +42,8 @@ def server_proxy() -> dict[str, Any]:
         # The process sees the whole path (base URL included), so its docs and OpenAPI
         # `servers` carry URLs that work through the proxy.
         "absolute_url": True,
-        # Seeding can take a while (training a model); wait for the port that long.
+        # How long the proxy waits for the port. cellserve listens before seeding (routes
+        # answer 503 until seeded), so this bounds only the start of Python and cellserve.
         "timeout": 300,
         "launcher_entry": {
             "title": "Notebook API",
