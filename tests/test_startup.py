@@ -285,3 +285,19 @@ def test_test_client_waits_for_seeding_and_raises_a_seed_error(notebook) -> None
         TestClient(broken),
     ):
         pytest.fail("started although its seed cell raises")
+
+
+def test_the_ready_lines_docs_url_is_served(notebook) -> None:
+    """The ``ready in …`` line names ``hooks.docs_path``: with ``docs=False`` only
+    cellserve's own docs page exists."""
+    from starlette.testclient import TestClient
+
+    from cellserve import app_from_notebook
+
+    path = notebook(["# GET /x\nprint(1)"])
+    for docs, answers in ((True, "/docs"), (False, "/_cellserve/docs")):
+        app = app_from_notebook(path, docs=docs)
+        assert app.state.cellserve_server.docs_path == answers
+        with TestClient(app) as client:
+            assert client.get(answers).status_code == 200
+            assert client.get("/docs").status_code == (200 if docs else 404)

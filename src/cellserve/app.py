@@ -438,6 +438,8 @@ def app_from_notebook(path: str | os.PathLike[str], **options: Any) -> Starlette
         settings = Settings.load(**options)
         state = CellserveApp(Path(path), settings)
         app = mounted_app(notebook_routes(state), settings, [state])
+    if not settings.docs:  # only cellserve's own docs path is served
+        app.state.cellserve_server.docs_path = f"{ADMIN_PREFIX}/docs"
     app.state.cellserve = state
     return app
 

@@ -140,6 +140,8 @@ class ServerHooks:
     """
 
     url: str | None = None
+    docs_path: str = "/docs"
+    """Where the docs page is below `url` (``/_cellserve/docs`` when ``docs=False``)."""
     on_failure: Callable[[BaseException], None] = field(default=report_failed_start)
     ready: bool = False
     """Every notebook has started (a signal before that is an interrupted start)."""
@@ -249,7 +251,7 @@ async def _report_start(
         async def announce_ready() -> None:
             for event in started:
                 await event.wait()
-            where = f": {server.url}/ (docs: {server.url}/docs)" if server.url else ""
+            where = f": {server.url}/ (docs: {server.url}{server.docs_path})" if server.url else ""
             server.ready = True
             logger.info("ready in %.1f s%s", time.monotonic() - began, where)
             tg.cancel_scope.cancel()
