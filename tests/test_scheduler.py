@@ -378,6 +378,10 @@ class BookMachine(RuleBasedStateMachine):
             assert kernel in self.running.values(), f"{kernel} lost and free but not retired"
 
     @invariant()
+    def no_more_wait_than_the_queue_limit(self) -> None:
+        assert self.book.max_queue is None or self.book.waiting <= self.book.max_queue
+
+    @invariant()
     def no_kernel_idles_while_requests_wait(self) -> None:
         assert not (self.book.free and self.book.queued)
 
@@ -446,6 +450,18 @@ def pipelined_book(*kernels: str) -> Book:
         book.starting(slot)
         book.kernel_ready(slot, kernel)
     return book
+
+
+@pytest.mark.parametrize("max_queue", [0, 1])
+def test_a_pipelined_call_takes_a_place_in_the_queue_limit(max_queue: int) -> None:
+    book: Book = PoolBook(1, max_queue=max_queue, depth=2, pipelines=pipelines)
+    book.starting(0)
+    book.kernel_ready(0, "a")
+    assert assigned(book.submit("r1")) == [("r1", "a")]
+    if max_queue == 1:
+        assert assigned(book.submit("r2")) == [("r2", "a")]  # pipelined: the one place
+    assert book.submit("r3") == [Refuse("r3", Refusal.QUEUE_FULL)]
+    assert book.waiting == max_queue
 
 
 def test_a_busy_kernel_takes_a_second_call_but_not_a_third() -> None:

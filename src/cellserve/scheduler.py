@@ -200,6 +200,12 @@ class PoolBook(Generic[K, W]):
         return tuple(self._free)
 
     @property
+    def waiting(self) -> int:
+        """Requests not yet running: queued, or pipelined behind a kernel's running call."""
+        pipelined = sum(max(0, len(book.waiters) - 1) for book in self._kernels.values())
+        return len(self._queue) + pipelined
+
+    @property
     def is_quiet(self) -> bool:
         """No request is running or waiting."""
         return not self._running and not self._queue
@@ -294,12 +300,13 @@ class PoolBook(Generic[K, W]):
             return self._end_refused(waiter, Refusal.NO_KERNEL)
         if self._free:
             return [self._assign(waiter, self._free.popleft())]
+        # A call pipelined behind a running one waits too, so it takes a place in max_queue.
+        if self.max_queue is not None and self.waiting >= self.max_queue:
+            self.ended[Ending.REJECTED] += 1
+            return [Refuse(waiter, Refusal.QUEUE_FULL)]
         busy = None if self._queue else self._pipelined_kernel_for(waiter)  # no overtaking
         if busy is not None:
             return [self._assign(waiter, busy)]
-        if self.max_queue is not None and len(self._queue) >= self.max_queue:
-            self.ended[Ending.REJECTED] += 1
-            return [Refuse(waiter, Refusal.QUEUE_FULL)]
         self._queue.append(waiter)
         return []
 
