@@ -87,6 +87,8 @@ class FakeKernel:
     def begin(self, call: CellCall) -> PendingCall:
         if not self.alive:
             raise KernelError(f"cannot send to kernel {self.id}")
+        if call.seal is not None:  # a batch is closed when a kernel takes it, as Kernel does
+            call = call.seal()
         self.calls.append(FakeCall(call))
         if self.on_begin is not None:
             self.on_begin(call)

@@ -74,7 +74,8 @@ class KernelHandle(Protocol):
     ) -> None: ...
 
     def begin(self, call: CellCall) -> PendingCall:
-        """Send `call` now if the kernel can take it without waiting (never blocks)."""
+        """Send `call` now if the kernel can take it without waiting (never blocks). An open
+        batch (``call.seal``) is sealed here: the one place a call goes to a kernel."""
         ...
 
     def can_pipeline(self, call: CellCall) -> bool:
