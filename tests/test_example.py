@@ -161,6 +161,14 @@ def test_batched_prices_equal_the_unbatched_ones(client: httpx.Client) -> None:
     assert batched_form.json() == single.json()
 
 
+def test_clients_see_the_batched_route_as_the_unbatched_one(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    single = spec["paths"]["/get_price"]["post"]
+    batched = spec["paths"]["/get_price_batched"]["post"]
+    for key in ("requestBody", "responses", "parameters"):
+        assert batched.get(key) == single.get(key), key
+
+
 def test_one_batch_of_many_houses_prices_each_as_alone(
     server: ServerThread, client: httpx.Client
 ) -> None:
