@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import anyio
 import pytest
@@ -167,6 +168,31 @@ async def test_client_gone_while_queued_is_counted_as_disconnected_not_rejected(
     stats = pool.stats()
     assert (stats.disconnected, stats.rejected) == (1, 0)
     assert [c.call.route for c in kernel.calls] == ["GET /a"]  # b's cell never ran
+
+
+async def test_a_failing_disconnect_watch_surfaces_at_once_and_leaves_the_queue() -> None:
+    """The watch's error ends the queued request now; with a queue timeout of an hour, the
+    request could otherwise only end when the kernel frees."""
+    factory = FakeFactory()
+    limits = replace(FAST, queue_timeout=3600)
+    async with running(factory, limits) as pool, anyio.create_task_group() as tg:
+        Outcomes(pool, tg).start("a")
+        kernel = kernel_of(factory)
+        failure: list[BaseException] = []
+
+        async def broken() -> None:
+            raise RuntimeError("the receive channel broke")
+
+        async def queued() -> None:
+            with pytest.raises(RuntimeError) as caught:
+                await execute(pool, call("GET /b"), disconnected=broken)
+            failure.append(caught.value)
+
+        tg.start_soon(queued)
+        await eventually(lambda: bool(failure))
+        assert pool.stats().queue_depth == 0
+        kernel.answer()
+    assert [c.call.route for c in kernel.calls] == ["GET /a"]
 
 
 async def test_client_leaving_in_the_step_that_hands_it_a_kernel_is_served_once() -> None:

@@ -237,7 +237,10 @@ class KernelPool:
                     # task gets its turn on the event loop. A failed send is retried by
                     # ``finish``, which then reports the kernel's failure.
                     request.pending = effect.kernel.begin(request.call)
-                except KernelError:
+                except Exception as exc:
+                    # Whatever failed, the effects after this one must still be carried out.
+                    if not isinstance(exc, KernelError):
+                        logger.exception("%s: sending a call to a kernel failed", self.label)
                     request.pending = None
                 request.woken.set()
             elif isinstance(effect, Refuse):
@@ -671,7 +674,11 @@ async def _woken_or_gone(woken: anyio.Event, gone: Callable[[], Awaitable[None]]
 
     async def watch() -> None:
         nonlocal left
-        await gone()
+        try:
+            await gone()
+        except Exception:
+            woken.set()  # surface the failure now, not at the queue timeout
+            raise
         left = True
         woken.set()
 
@@ -680,7 +687,8 @@ async def _woken_or_gone(woken: anyio.Event, gone: Callable[[], Awaitable[None]]
         await woken.wait()
     finally:
         watcher.cancel()
-    error = watcher.exception() if watcher.done() and not watcher.cancelled() else None
+        # Retrieved even when this wait is cancelled, so no exception goes unnoticed.
+        error = watcher.exception() if watcher.done() and not watcher.cancelled() else None
     if error is not None:
         raise error
     return left
