@@ -19,18 +19,27 @@ def _setting(*names: str, default: str) -> str:
     return next((os.environ[name] for name in names if os.environ.get(name)), default)
 
 
+def _token() -> str:
+    """The server's token: from its token file (a mounted secret) or its variables."""
+    path = _setting("CELLSERVE_AUTH_TOKEN_FILE", default="")
+    if path:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    return _setting("CELLSERVE_AUTH_TOKEN", "KG_AUTH_TOKEN", default="")
+
+
 def main() -> int:
     port = _setting("CELLSERVE_PORT", "KG_PORT", default="9090")
     base = _setting("CELLSERVE_BASE_URL", "KG_BASE_URL", default="/").rstrip("/")
     path = sys.argv[1] if len(sys.argv) > 1 else "/_cellserve/health"
     request = urllib.request.Request(f"http://127.0.0.1:{port}{base}{path}")
-    token = _setting("CELLSERVE_AUTH_TOKEN", "KG_AUTH_TOKEN", default="")
-    if token:
-        request.add_header("Authorization", f"token {token}")
     try:
+        token = _token()
+        if token:
+            request.add_header("Authorization", f"token {token}")
         with urllib.request.urlopen(request, timeout=5) as response:
             return 0 if response.status == 200 else 1
-    except OSError as exc:  # refused, timed out, or an HTTP error status
+    except OSError as exc:  # no token file, refused, timed out, or an HTTP error status
         print(f"cellserve health check failed: {exc}", file=sys.stderr)
         return 1
 

@@ -8,12 +8,14 @@ its HEALTHCHECK command probes the server the way Docker would.
 
 from __future__ import annotations
 
+import http.server
 import json
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,39 @@ def test_image_command_serves_the_notebook_and_passes_its_healthcheck(
         server.close()
     # Nothing was written to the home directory: a read-only root filesystem is enough.
     assert list(home.iterdir()) == []
+
+
+class _TokenHealth(http.server.BaseHTTPRequestHandler):
+    """Answers /_cellserve/health with 200 only to ``Authorization: token s3cret``."""
+
+    def do_GET(self) -> None:
+        ok = self.path == "/_cellserve/health" and (
+            self.headers.get("Authorization") == "token s3cret"
+        )
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("source", ["file", "variable", "none"])
+def test_healthcheck_sends_the_token_the_server_reads(tmp_path: Path, source: str) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _TokenHealth)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    env = {"CELLSERVE_PORT": str(server.server_address[1])}
+    if source == "file":
+        env["CELLSERVE_AUTH_TOKEN_FILE"] = str(token_file)
+    elif source == "variable":
+        env["CELLSERVE_AUTH_TOKEN"] = "s3cret"
+    try:
+        probe = subprocess.run(
+            [sys.executable, str(DEPLOY / "healthcheck.py")], env=env, timeout=30
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe.returncode == (1 if source == "none" else 0)
