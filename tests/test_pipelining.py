@@ -116,3 +116,26 @@ async def test_an_interrupt_that_reaches_the_call_behind_sends_it_again(tmp_path
         assert outcome.cell.stdout == "2\n"  # it ran twice: interrupted, then sent again
     finally:
         await kernel.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_call_abandoned_behind_the_running_one_keeps_its_place(tmp_path: Path) -> None:
+    """The kernel still runs a pipelined call its requester gave up on; the call sent after
+    it starts its timeout only once the kernel is done with that one."""
+    config = KernelConfig(kernel_name="python3", language="python", cwd=tmp_path)
+    kernel = await Kernel.start(config)
+    release = tmp_path / "release"
+    try:
+        await kernel.seed([SeedCell(1, "import os, time")])
+        wait = f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('A')"
+        running = kernel.begin(CellCall(wait, "{}"))
+        abandoned = kernel.begin(CellCall("time.sleep(3)\nprint('B')", "{}"))
+        with anyio.move_on_after(0.2):  # its requester leaves while it waits in the kernel
+            await kernel.finish(abandoned, timeout=30)
+        after = kernel.begin(CellCall("print('C')", "{}"))
+        release.touch()
+        assert (await kernel.finish(running, timeout=30)).cell.stdout == "A\n"
+        # C's 2 s start after B's 3 s, not when A ended.
+        assert (await kernel.finish(after, timeout=2)).cell.stdout == "C\n"
+    finally:
+        await kernel.shutdown()

@@ -138,6 +138,10 @@ class Kernel:
         self._reading = False
         self._changed = asyncio.Event()
         self._in_flight: dict[str, int] = {}  # msg_id → interrupts sent before it went out
+        # Calls that left before their answer (timed out, abandoned) but that the kernel still
+        # runs: they keep their place until it answers, with how long they may run once they
+        # are the oldest (None: an interrupt is on its way to them).
+        self._left: dict[str, float | None] = {}
         self._inbox: dict[str, dict[str, Any]] = {}
         self._head_since = 0.0
         self._interrupts = 0
@@ -375,8 +379,13 @@ class Kernel:
         for attempt in range(2):
             try:
                 answer = await self._comm_answer(msg_id, timeout)
-            finally:
-                sent_after = self._forget_call(msg_id)
+            except TimeoutError:
+                self._leave_call(msg_id, None)  # the pool interrupts it
+                raise
+            except BaseException:
+                self._leave_call(msg_id, timeout)  # abandoned: it may still run
+                raise
+            sent_after = self._forget_call(msg_id)
             self._known_keys.add(pending.key)
             if pending.call.response_info is not None:
                 self._known_keys.add(_code_key(pending.call.response_info))
@@ -421,10 +430,27 @@ class Kernel:
         return self._inbox.pop(msg_id)
 
     def _deadline_of(self, msg_id: str, timeout: float | None) -> float:
-        """When the call `msg_id` times out: `timeout` after it became the oldest in flight."""
-        if timeout is None or next(iter(self._in_flight), None) != msg_id:
+        """When the call `msg_id` times out: `timeout` after it became the oldest in flight.
+
+        Behind calls that left but still run in the kernel, it times out when the oldest of
+        them overruns its own timeout: the interrupt that follows then stops that cell.
+        """
+        order = list(self._in_flight)
+        if timeout is None or msg_id not in self._in_flight:
             return math.inf
-        return self._head_since + timeout
+        if order[0] == msg_id:
+            return self._head_since + timeout
+        if any(ahead not in self._left for ahead in order[: order.index(msg_id)]):
+            return math.inf  # a live call runs first and keeps its own time
+        left = self._left[order[0]]
+        return math.inf if left is None else self._head_since + left
+
+    def _leave_call(self, msg_id: str, timeout: float | None) -> None:
+        """`msg_id` will not be awaited, but the kernel may still run it: keep its place."""
+        if self._inbox.pop(msg_id, None) is not None:
+            self._forget_call(msg_id)  # already answered: the kernel is done with it
+        elif msg_id in self._in_flight:
+            self._left[msg_id] = timeout
 
     def _forget_call(self, msg_id: str) -> int:
         """`msg_id` is answered or abandoned; the interrupt count from when it was sent."""
@@ -445,7 +471,10 @@ class Kernel:
             return True
         if parsed is None:
             return False
-        if parsed[0] in self._in_flight:
+        if parsed[0] in self._left:  # the kernel is done with a call that left: drop it
+            del self._left[parsed[0]]
+            self._forget_call(parsed[0])
+        elif parsed[0] in self._in_flight:
             self._inbox[parsed[0]] = parsed[1]
         return True
 
