@@ -375,6 +375,7 @@ def test_directive_after_code_is_just_a_comment() -> None:
         ("cellserve: max_size=4", "`max_size=4` needs `batch` before it"),
         ("cellserve: batch max_size=0", "`max_size=0` must be a whole number"),
         ("cellserve: batch max_size=2.5", "`max_size=2.5` must be a whole number"),
+        ("cellserve: batch max_size=\u00b2", "`max_size=\u00b2` must be a whole number"),
         ("cellserve: batch max_wait_ms=-1", "`max_wait_ms=-1` must be a ≥ 0 number"),
         ("cellserve: batch max_wait_ms=inf", "`max_wait_ms=inf` must be a ≥ 0 number"),
         ("cellserve: batch stream", "cannot both `stream` and `batch`"),

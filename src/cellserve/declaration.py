@@ -373,7 +373,7 @@ def _resolves(root: Any, reference: str) -> bool:
         token = unquote(token).replace("~1", "/").replace("~0", "~")
         if isinstance(node, dict) and token in node:
             node = node[token]
-        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+        elif isinstance(node, list) and token.isdecimal() and int(token) < len(node):
             node = node[int(token)]
         else:
             return False
@@ -384,7 +384,7 @@ def _status_key(status: object) -> str | None:
     if status == "default":
         return "default"
     text = str(status)
-    if isinstance(status, int | str) and text.isdigit() and 100 <= int(text) <= 599:
+    if isinstance(status, int | str) and text.isdecimal() and 100 <= int(text) <= 599:
         return text
     return None
 

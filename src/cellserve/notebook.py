@@ -437,7 +437,7 @@ def _parse_directives(
                     )
                 what = f"{name} cell {number}: `{word}`"
                 if key == "max_size":
-                    if not value.isdigit() or int(value) < 1:
+                    if not value.isdecimal() or int(value) < 1:
                         raise NotebookError(f"{what} must be a whole number of requests, ≥ 1")
                     batch[key] = int(value)
                 else:
