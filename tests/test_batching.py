@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -12,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cellserve import app_from_notebook
 from cellserve.batching import Batcher, batcher_for, split_answers
 from cellserve.cells import CellError, CellOutcome, CellOutput
+from cellserve.logs import TextFormatter
 from tests.servers import ServerThread, write_notebook
 
 # -- the answer contract ----------------------------------------------------------------------
@@ -277,6 +281,154 @@ def test_a_timeout_or_a_crash_answers_the_whole_batch_and_the_pool_recovers(
         assert "died" in response.json()["message"]
     wait_until(lambda: http.get("/_cellserve/health").json()["kernels"] == {"idle": 1}, "restart")
     assert http.post("/double", json={"n": 3}).json() == {"n": 6, "batch": 1}
+
+
+# -- per request and per batch: access lines, metrics, error lines ----------------------------
+
+NB = "batched.ipynb"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(http: httpx.Client) -> Samples:
+    text = http.get("/_cellserve/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def grew(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, request_ids: list[str]) -> list[str]:
+    """The access lines of `request_ids` as the text log writes them, once all are written
+    (a line is written just after its response is sent)."""
+
+    def lines() -> list[str]:
+        formatter = TextFormatter()
+        records = [r for r in caplog.records if r.name == "cellserve.access"]
+        return [formatter.format(r) for r in records if r.request.request_id in request_ids]
+
+    wait_until(lambda: len(lines()) >= len(request_ids), "every access line was written")
+    return lines()
+
+
+def assert_one_line_each(lines: list[str], request_ids: list[str], path: str, status: int) -> None:
+    shape = re.compile(
+        rf"^\S+ \S+ INFO cellserve\.access: POST {path} {status} [\d.]+ ms \d+ B"
+        r" kernel=\w+ request_id=(?P<id>\S+)$"
+    )
+    matches = [shape.match(line) for line in lines]
+    assert all(matches), lines
+    assert sorted(m["id"] for m in matches if m) == sorted(request_ids)
+
+
+def post_with_ids(
+    held: Held, path: str, count: int, body: Callable[[int], object] = lambda n: {"n": n}
+) -> tuple[list[str], list[Future[httpx.Response]]]:
+    ids = [f"{path.strip('/')}-{n}-{uuid.uuid4().hex[:8]}" for n in range(count)]
+    futures = [
+        held.threads.submit(held.http.post, path, json=body(n), headers={"X-Request-ID": id_})
+        for n, id_ in enumerate(ids)
+    ]
+    return ids, futures
+
+
+def test_every_batched_request_leaves_one_access_line_and_counts_once(
+    server: ServerThread, http: httpx.Client, held: Held, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    before = scrape(http)
+    ids, futures = post_with_ids(held, "/double", 10)
+    wait_until(lambda: batcher(server, "POST /double").waiting == 2, "10 requests queued")
+    held.release()
+    responses = [future.result() for future in futures]
+    assert sorted(r.json()["batch"] for r in responses) == [2] * 2 + [8] * 8  # two batches
+    assert [r.headers["x-request-id"] for r in responses] == ids
+
+    assert_one_line_each(access_lines(caplog, ids), ids, "/double", 200)
+    after = scrape(http)
+    ok = {"notebook": NB, "route": "POST /double", "method": "POST", "status": "200"}
+    assert grew(before, after, "cellserve_requests_total", **ok) == 10
+    batches = {"notebook": NB, "route": "POST /double"}
+    assert grew(before, after, "cellserve_batch_size_count", **batches) == 2
+    assert grew(before, after, "cellserve_batch_size_sum", **batches) == 10
+    assert grew(before, after, "cellserve_batch_size_bucket", le="2.0", **batches) == 1
+    assert grew(before, after, "cellserve_batch_size_bucket", le="8.0", **batches) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "logger", "error"),
+    [
+        (
+            "/short",
+            "cellserve.batching",
+            f"{NB} POST /short is batched: its cell answered a batch of 3 request(s) with 2 "
+            "answer(s); every request of the batch gets this error",
+        ),
+        (
+            "/raise",
+            "cellserve.cells",
+            f"{NB} POST /raise (batch of 3): the cell raised ValueError: no batch today",
+        ),
+    ],
+)
+def test_a_failed_batch_leaves_an_access_line_per_request_and_one_error_line(
+    server: ServerThread,
+    http: httpx.Client,
+    held: Held,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    logger: str,
+    error: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    before = scrape(http)
+    ids, futures = post_with_ids(held, path, 3)
+    wait_until(lambda: batcher(server, f"POST {path}").waiting == 3, "3 requests queued")
+    held.release()
+    assert [future.result().status_code for future in futures] == [500] * 3
+
+    assert_one_line_each(access_lines(caplog, ids), ids, path, 500)
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.name, r.levelname, r.getMessage()) for r in problems] == [(logger, "ERROR", error)]
+    after = scrape(http)
+    failed = {"notebook": NB, "route": f"POST {path}", "method": "POST", "status": "500"}
+    assert grew(before, after, "cellserve_requests_total", **failed) == 3
+    batches = {"notebook": NB, "route": f"POST {path}"}
+    assert grew(before, after, "cellserve_batch_size_count", **batches) == 1
+    assert grew(before, after, "cellserve_batch_size_sum", **batches) == 3
+
+
+def test_a_timed_out_batch_counts_one_timeout_and_every_request(
+    server: ServerThread, http: httpx.Client, held: Held, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    before = scrape(http)
+    ids = [f"slow-{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
+    futures = [held.threads.submit(http.get, "/slow", headers={"X-Request-ID": id_}) for id_ in ids]
+    wait_until(lambda: batcher(server, "GET /slow").waiting == 3, "3 slow requests queued")
+    held.release()
+    assert [future.result().status_code for future in futures] == [504] * 3
+
+    lines = access_lines(caplog, ids)
+    assert len(lines) == 3
+    assert all(" GET /slow 504 " in line for line in lines), lines
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == [f"504: {NB} GET /slow: the cell ran longer than 1.0 s and was interrupted"]
+    after = scrape(http)
+    timed_out = {"notebook": NB, "route": "GET /slow", "method": "GET", "status": "504"}
+    assert grew(before, after, "cellserve_requests_total", **timed_out) == 3  # per request
+    for name in ("cellserve_request_timeouts_total", "cellserve_kernel_interrupts_total"):
+        assert grew(before, after, name, notebook=NB) == 1, name  # per batch
+    batches = {"notebook": NB, "route": "GET /slow"}
+    assert grew(before, after, "cellserve_batch_size_count", **batches) == 1
+    assert grew(before, after, "cellserve_batch_size_sum", **batches) == 3
+    assert http.post("/double", json={"n": 2}).json() == {"n": 4, "batch": 1}
 
 
 def test_batches_run_in_execute_mode_too(tmp_path: Path) -> None:

@@ -29,8 +29,11 @@ A batch is never pipelined into a busy kernel: it waits for a free one, gatherin
 Later requests open the next batch. A batch holds at most ``max_size`` requests; with
 ``max_wait_ms`` its first request waits up to that long for it to fill before asking for a
 kernel. The pool sees one call per batch: timeouts (504), crashes (503) and queue refusals
-(503) answer every request of the batch, and the pool's counters count batches; the
-``cellserve_batch_size`` histogram counts batches and the requests they answered.
+(503) answer every request of the batch, and the pool's counters (timeouts, interrupts,
+crashes, rejections) count batches. The ``cellserve_batch_size`` histogram counts every batch
+a kernel took (also one that timed out or crashed) and the requests it held; each request
+still counts in ``cellserve_requests_total`` and leaves its access line. A cell that raises or
+prints a wrong answer leaves one ERROR per batch naming the route.
 """
 
 from __future__ import annotations
@@ -76,14 +79,16 @@ def split_answers(outcome: CellOutcome, count: int, *, notebook: str, label: str
             f"{label} is batched: its cell must print one JSON array with an answer for each "
             f"request, and printed {shown!r}"
         )
-        return [error_response(500, message)] * count
-    if len(answers) != count:
+    elif len(answers) != count:
         message = (
             f"{label} is batched: its cell answered a batch of {count} request(s) with "
             f"{len(answers)} answer(s); every request of the batch gets this error"
         )
-        return [error_response(500, message)] * count
-    return [_item_response(answer, label) for answer in answers]
+    else:
+        return [_item_response(answer, label) for answer in answers]
+    # The clients see only the 500; the operator gets one line per batch.
+    logger.error("%s %s", notebook, message)
+    return [error_response(500, message)] * count
 
 
 def _item_response(answer: Any, label: str) -> Response:
@@ -197,12 +202,13 @@ class Batcher:
             batch.responses = split_answers(outcome, size, notebook=self.notebook, label=label)
             if outcome.cell.error is not None:
                 log_cell_error(self.pool.label, f"{label} (batch of {size})", outcome.cell.error)
-            metrics.BATCH_SIZE.labels(self.pool.label, label).observe(size)
             context = current_request()
             batch.kernel = context.kernel if context is not None else None
             logger.debug("%s: a batch of %d on kernel %s", label, size, batch.kernel)
         finally:
-            if not batch.sealed:
+            if batch.sealed:  # a kernel took it, whether it answered, timed out or crashed
+                metrics.BATCH_SIZE.labels(self.pool.label, label).observe(len(batch.requests))
+            else:
                 self._seal(batch)  # failed before a kernel took it: nobody may join any more
             batch.done.set()
 
