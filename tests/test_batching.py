@@ -317,9 +317,10 @@ def access_lines(caplog: pytest.LogCaptureFixture, request_ids: list[str]) -> li
     return lines()
 
 
-def assert_one_line_each(lines: list[str], request_ids: list[str], path: str, status: int) -> None:
+def assert_one_line_each(lines: list[str], request_ids: list[str], route: str, status: int) -> None:
+    """One access line per request id, for `route` (``"POST /double"``), naming its kernel."""
     shape = re.compile(
-        rf"^\S+ \S+ INFO cellserve\.access: POST {path} {status} [\d.]+ ms \d+ B"
+        rf"^\S+ \S+ INFO cellserve\.access: {route} {status} [\d.]+ ms \d+ B"
         r" kernel=\w+ request_id=(?P<id>\S+)$"
     )
     matches = [shape.match(line) for line in lines]
@@ -327,13 +328,22 @@ def assert_one_line_each(lines: list[str], request_ids: list[str], path: str, st
     assert sorted(m["id"] for m in matches if m) == sorted(request_ids)
 
 
-def post_with_ids(
-    held: Held, path: str, count: int, body: Callable[[int], object] = lambda n: {"n": n}
+def send_with_ids(
+    held: Held, route: str, count: int
 ) -> tuple[list[str], list[Future[httpx.Response]]]:
+    """`count` requests to `route` (``"POST /double"``) queued behind the held kernel, each
+    with its own X-Request-ID; their ids and responses."""
+    method, path = route.split(" ")
     ids = [f"{path.strip('/')}-{n}-{uuid.uuid4().hex[:8]}" for n in range(count)]
     futures = [
-        held.threads.submit(held.http.post, path, json=body(n), headers={"X-Request-ID": id_})
-        for n, id_ in enumerate(ids)
+        held.threads.submit(
+            held.http.request,
+            method,
+            path,
+            json={"n": n} if method == "POST" else None,
+            headers={"X-Request-ID": request_id},
+        )
+        for n, request_id in enumerate(ids)
     ]
     return ids, futures
 
@@ -343,14 +353,14 @@ def test_every_batched_request_leaves_one_access_line_and_counts_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="cellserve")
     before = scrape(http)
-    ids, futures = post_with_ids(held, "/double", 10)
+    ids, futures = send_with_ids(held, "POST /double", 10)
     wait_until(lambda: batcher(server, "POST /double").waiting == 2, "10 requests queued")
     held.release()
     responses = [future.result() for future in futures]
     assert sorted(r.json()["batch"] for r in responses) == [2] * 2 + [8] * 8  # two batches
     assert [r.headers["x-request-id"] for r in responses] == ids
 
-    assert_one_line_each(access_lines(caplog, ids), ids, "/double", 200)
+    assert_one_line_each(access_lines(caplog, ids), ids, "POST /double", 200)
     after = scrape(http)
     ok = {"notebook": NB, "route": "POST /double", "method": "POST", "status": "200"}
     assert grew(before, after, "cellserve_requests_total", **ok) == 10
@@ -376,6 +386,7 @@ def test_every_batched_request_leaves_one_access_line_and_counts_once(
             f"{NB} POST /raise (batch of 3): the cell raised ValueError: no batch today",
         ),
     ],
+    ids=["wrong length", "raises"],
 )
 def test_a_failed_batch_leaves_an_access_line_per_request_and_one_error_line(
     server: ServerThread,
@@ -388,12 +399,12 @@ def test_a_failed_batch_leaves_an_access_line_per_request_and_one_error_line(
 ) -> None:
     caplog.set_level(logging.INFO, logger="cellserve")
     before = scrape(http)
-    ids, futures = post_with_ids(held, path, 3)
+    ids, futures = send_with_ids(held, f"POST {path}", 3)
     wait_until(lambda: batcher(server, f"POST {path}").waiting == 3, "3 requests queued")
     held.release()
     assert [future.result().status_code for future in futures] == [500] * 3
 
-    assert_one_line_each(access_lines(caplog, ids), ids, path, 500)
+    assert_one_line_each(access_lines(caplog, ids), ids, f"POST {path}", 500)
     problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [(r.name, r.levelname, r.getMessage()) for r in problems] == [(logger, "ERROR", error)]
     after = scrape(http)
@@ -409,15 +420,12 @@ def test_a_timed_out_batch_counts_one_timeout_and_every_request(
 ) -> None:
     caplog.set_level(logging.INFO, logger="cellserve")
     before = scrape(http)
-    ids = [f"slow-{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
-    futures = [held.threads.submit(http.get, "/slow", headers={"X-Request-ID": id_}) for id_ in ids]
+    ids, futures = send_with_ids(held, "GET /slow", 3)
     wait_until(lambda: batcher(server, "GET /slow").waiting == 3, "3 slow requests queued")
     held.release()
     assert [future.result().status_code for future in futures] == [504] * 3
 
-    lines = access_lines(caplog, ids)
-    assert len(lines) == 3
-    assert all(" GET /slow 504 " in line for line in lines), lines
+    assert_one_line_each(access_lines(caplog, ids), ids, "GET /slow", 504)
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert problems == [f"504: {NB} GET /slow: the cell ran longer than 1.0 s and was interrupted"]
     after = scrape(http)

@@ -202,12 +202,13 @@ class Batcher:
             batch.responses = split_answers(outcome, size, notebook=self.notebook, label=label)
             if outcome.cell.error is not None:
                 log_cell_error(self.pool.label, f"{label} (batch of {size})", outcome.cell.error)
-            context = current_request()
-            batch.kernel = context.kernel if context is not None else None
-            logger.debug("%s: a batch of %d on kernel %s", label, size, batch.kernel)
         finally:
             if batch.sealed:  # a kernel took it, whether it answered, timed out or crashed
-                metrics.BATCH_SIZE.labels(self.pool.label, label).observe(len(batch.requests))
+                context = current_request()  # the pool named the kernel in the leader's context
+                batch.kernel = context.kernel if context is not None else None
+                size = len(batch.requests)
+                metrics.BATCH_SIZE.labels(self.pool.label, label).observe(size)
+                logger.debug("%s: a batch of %d on kernel %s", label, size, batch.kernel)
             else:
                 self._seal(batch)  # failed before a kernel took it: nobody may join any more
             batch.done.set()
