@@ -96,8 +96,7 @@ class AccessLogMiddleware:
         notebook = context.notebook or ""
         route = context.route or self._own_route(context.path, status)
         method = context.method if context.method in _METHODS else "other"
-        metrics.REQUESTS.labels(notebook, route, method, str(status)).inc()
-        metrics.LATENCY.labels(notebook, route).observe(seconds)
+        metrics.record_request(notebook, route, method, status, seconds)
         if context.queue_wait is not None:
             metrics.QUEUE_WAIT.labels(notebook).observe(context.queue_wait)
         if self.access_log and logger.isEnabledFor(logging.INFO):

@@ -137,6 +137,26 @@ RELOADS = Counter(
 )
 
 
+_request_children: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def record_request(notebook: str, route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and its duration.
+
+    The labelled children are kept (labels are bounded: declared routes, known methods, HTTP
+    statuses), since looking them up through ``labels()`` costs more than the update itself.
+    """
+    key = (notebook, route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        children = _request_children[key] = (
+            REQUESTS.labels(notebook, route, method, str(status)),
+            LATENCY.labels(notebook, route),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
+
+
 def record_reload(notebook: str, kind: str, outcome: str) -> None:
     RELOADS.labels(notebook, kind, outcome).inc()
 
