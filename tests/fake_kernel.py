@@ -84,6 +84,10 @@ class FakeKernel:
     def can_pipeline(self, call: CellCall) -> bool:
         return False  # one call at a time, as the race tests expect
 
+    @property
+    def calls_held(self) -> int:
+        return len(self.running)
+
     def begin(self, call: CellCall) -> PendingCall:
         if not self.alive:
             raise KernelError(f"cannot send to kernel {self.id}")

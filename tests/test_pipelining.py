@@ -21,6 +21,7 @@ from cellserve import app_from_notebook
 from cellserve.cells import CellCall
 from cellserve.kernels import Kernel, KernelConfig
 from cellserve.notebook import SeedCell
+from cellserve.pool import KernelPool, PoolLimits
 from tests.servers import ServerThread, write_notebook
 
 SEED = "import json, os, time\n\ndef arg(name):\n    return json.loads(REQUEST)['args'][name][0]"
@@ -139,3 +140,46 @@ async def test_a_call_abandoned_behind_the_running_one_keeps_its_place(tmp_path:
         assert (await kernel.finish(after, timeout=2)).cell.stdout == "C\n"
     finally:
         await kernel.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_call_left_behind_the_running_one_still_takes_its_place_in_the_depth(
+    tmp_path: Path,
+) -> None:
+    """At depth 2, a kernel running one call and still holding one whose requester left
+    takes no third: the next request waits in the queue until the running call ends."""
+    config = KernelConfig(kernel_name="python3", language="python", cwd=tmp_path)
+    limits = PoolLimits(size=1, pipeline_depth=2, timeout=60)
+    pool = KernelPool([SeedCell(1, "import os, time")], limits, lambda: Kernel.start(config))
+    release = tmp_path / "release"
+    hold = f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nprint('A')"
+    answers: dict[str, str] = {}
+
+    async def request(name: str, source: str) -> None:
+        async with pool.lease(CellCall(source, "{}", route=f"GET /{name}")) as lease:
+            answers[name] = (await lease.run()).cell.stdout
+
+    async def until(condition: Callable[[], bool]) -> None:
+        with anyio.fail_after(30):
+            while not condition():
+                await anyio.sleep(0.01)
+
+    def slot() -> Any:
+        return pool.stats().kernels[0]
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            tg.start_soon(request, "a", hold)
+            await until(lambda: slot().in_flight == 1)
+            async with anyio.create_task_group() as left:
+                left.start_soon(request, "b", "print('B')")
+                await until(lambda: slot().in_flight == 2)
+                left.cancel_scope.cancel()  # B's requester leaves; the kernel still holds B
+            tg.start_soon(request, "c", "print('C')")
+            await until(lambda: pool.stats().queue_depth == 1 or slot().in_flight == 2)
+            assert (pool.stats().queue_depth, slot().in_flight) == (1, 1)
+            release.touch()
+            await until(lambda: "c" in answers)
+            await pool.close()
+    assert answers == {"a": "A\n", "c": "C\n"}

@@ -298,6 +298,11 @@ class Kernel:
             and _code_key(call.source) not in self._unsupported_keys
         )
 
+    @property
+    def calls_held(self) -> int:
+        """Fast-path calls sent and not yet answered, with those whose requester left."""
+        return len(self._in_flight)
+
     def begin(self, call: CellCall) -> PendingCall:
         """Send `call` now if it takes the fast path; ``finish`` collects the answer.
 

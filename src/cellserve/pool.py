@@ -83,6 +83,12 @@ class KernelHandle(Protocol):
         them in order and tells their answers apart)."""
         ...
 
+    @property
+    def calls_held(self) -> int:
+        """Calls sent and not yet answered, counting those whose requester left: the kernel
+        still runs them, so they keep their place in the pipeline."""
+        ...
+
     async def finish(
         self, pending: PendingCall, *, timeout: float | None, on_stdout: StdoutSink | None = None
     ) -> CellOutcome:
@@ -213,7 +219,9 @@ class KernelPool:
             max_start_failures=limits.max_seed_failures,
             backoff=limits.restart_backoff,
             depth=limits.pipeline_depth,
-            pipelines=lambda request, kernel: kernel.can_pipeline(request.call),
+            pipelines=lambda request, kernel: (
+                kernel.can_pipeline(request.call) and kernel.calls_held < limits.pipeline_depth
+            ),
         )
         self._wake = [anyio.Event() for _ in range(size)]
         self._owned: list[KernelHandle | None] = [None] * size
