@@ -109,6 +109,7 @@ def test_an_error_is_every_requests_error() -> None:
 # -- on real kernels --------------------------------------------------------------------------
 
 SEED = "import json, os, time"
+RESPONSE_LIMIT = 10_000
 
 ROUTES = [
     # Holds the only kernel until the file named by ?file= exists.
@@ -123,6 +124,11 @@ ROUTES = [
     "# POST /raise\n# cellserve: batch\nraise ValueError('no batch today')",
     "# GET /slow\n# cellserve: batch, timeout=1\ntime.sleep(30)",
     "# GET /crash\n# cellserve: batch\nos._exit(1)",
+    # A request's body sets its answer's status: a string one makes that answer unusable.
+    "# POST /own_status\n# cellserve: batch\nprint(json.dumps([{'$response': "
+    "{'status': r['body']['status']}} for r in json.loads(REQUESTS)]))",
+    "# POST /not_array\n# cellserve: batch\nprint(json.dumps({'echo': json.loads(REQUESTS)}))",
+    f"# POST /too_large\n# cellserve: batch\nprint('x' * {RESPONSE_LIMIT})",
 ]
 
 
@@ -130,7 +136,8 @@ ROUTES = [
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     folder = tmp_path_factory.mktemp("batching")
     path = write_notebook(folder / "batched.ipynb", [SEED, *ROUTES])
-    with ServerThread(app_from_notebook(path, kernels=1, reload=False)) as running:
+    app = app_from_notebook(path, kernels=1, reload=False, max_response_size=RESPONSE_LIMIT)
+    with ServerThread(app) as running:
         yield running
 
 
@@ -392,8 +399,21 @@ def test_every_batched_request_leaves_one_access_line_and_counts_once(
             "cellserve.cells",
             f"{NB} POST /raise (batch of 3): the cell raised ValueError: no batch today",
         ),
+        (
+            "/not_array",
+            "cellserve.batching",
+            f"{NB} POST /not_array is batched: its cell must print one JSON array with an "
+            "answer for each request, and printed something else",  # not the requests it echoed
+        ),
+        (
+            "/too_large",
+            "cellserve.batching",
+            f"{NB} POST /too_large: the output of a batch of 3 passed the response size limit "
+            "and every request of the batch was answered 500; print less or raise "
+            "--max-response-size, or lower the batch's max_size",
+        ),
     ],
-    ids=["wrong length", "raises"],
+    ids=["wrong length", "raises", "not an array", "too large"],
 )
 def test_a_failed_batch_leaves_an_access_line_per_request_and_one_error_line(
     server: ServerThread,
@@ -420,6 +440,31 @@ def test_a_failed_batch_leaves_an_access_line_per_request_and_one_error_line(
     batches = {"notebook": NB, "route": f"POST {path}"}
     assert grew(before, after, "cellserve_batch_size_count", **batches) == 1
     assert grew(before, after, "cellserve_batch_size_sum", **batches) == 3
+
+
+def test_an_unusable_answer_fails_its_request_only_and_one_line_names_its_index(
+    server: ServerThread, held: Held, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    own_status = batcher(server, "POST /own_status")
+    futures = []
+    for count, status in enumerate([201, "s3cret", 202], start=1):  # queued in this order
+        futures.append(held.post("/own_status", {"status": status}))
+        wait_until(lambda count=count: own_status.waiting == count, f"{count} queued")
+    held.release()
+    responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [201, 500, 202]
+    assert "s3cret" in responses[1].json()["message"]  # the client sees what was wrong
+    lines = [(r.name, r.levelname, r.getMessage()) for r in problems(caplog)]
+    assert lines == [
+        (
+            "cellserve.batching",
+            "ERROR",
+            f"{NB} POST /own_status: the answer at index 1 of a batch of 3 cannot be sent "
+            "(`$response`: status must be an integer HTTP status from 200 to 599), so its "
+            "request was answered 500; fix what the cell prints",
+        )
+    ]  # the log does not: it is request data
 
 
 def test_a_timed_out_batch_counts_one_timeout_and_every_request(

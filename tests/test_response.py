@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.responses import Response
 
+from cellserve import app_from_notebook
 from cellserve.cells import CellError, CellOutcome, CellOutput
 from cellserve.exceptions import ExecutionTimeout, Unavailable
+from cellserve.logs import TextFormatter
 from cellserve.response import RICH_ORDER, build_response, error_response, failure_response
+from tests.servers import ServerThread, write_notebook
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 PNG_B64 = base64.b64encode(PNG).decode("ascii") + "\n"  # Jupyter's bundles end with a newline
@@ -319,3 +325,115 @@ def test_pool_failures_become_json_errors_with_their_status() -> None:
     assert slow.status_code == 504
     assert "retry-after" not in slow.headers
     assert json_body(slow)["reason"] == "Gateway Timeout"
+
+
+# -- on a real server: the operator gets one ERROR line per 500, never the request's data -----
+
+LIMIT = 1000
+SECRET = "s3cret-from-the-request"
+ARG = "json.loads(REQUEST)['args']['secret'][0]"
+
+CELLS = [
+    "import json",
+    f"# GET /big\nprint({ARG} * {LIMIT})",
+    "# GET /not_json\nprint('body')",
+    f"# ResponseInfo GET /not_json\nprint('not JSON: ' + {ARG})",
+    "# GET /bad_header\nprint('body')",
+    "# ResponseInfo GET /bad_header\n"
+    f"print(json.dumps({{'headers': {{'X-Echo': {ARG} + '\\x01'}}}}))",
+    "# GET /info_raises\nprint('body')",
+    "# ResponseInfo GET /info_raises\n{}['missing']",
+    f"# GET /big_stream\n# cellserve: stream\nprint({ARG} * {LIMIT})",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    path = write_notebook(tmp_path_factory.mktemp("response") / "api.ipynb", CELLS)
+    app = app_from_notebook(path, kernels=1, reload=False, max_response_size=LIMIT)
+    with ServerThread(app) as running:
+        yield running
+
+
+def problem_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
+    """cellserve's WARNING and ERROR records, checked for the request's data as the text log
+    writes them (traceback included)."""
+    records = [
+        r for r in caplog.records if r.name.startswith("cellserve") and r.levelno >= logging.WARNING
+    ]
+    for record in records:
+        assert SECRET not in TextFormatter().format(record)
+    return [(r.name, r.levelname, r.getMessage()) for r in records]
+
+
+@pytest.mark.parametrize(
+    ("path", "logger", "line"),
+    [
+        (
+            "/big",
+            "cellserve.response",
+            "api.ipynb GET /big: the cell's output passed the response size limit and the "
+            "request was answered 500; print less or raise --max-response-size",
+        ),
+        (
+            "/not_json",
+            "cellserve.response",
+            'api.ipynb ResponseInfo GET /not_json: must print one JSON object like {"status": '
+            "201}, printed something else, so the request was answered 500; fix the "
+            "ResponseInfo cell",
+        ),
+        (
+            "/bad_header",
+            "cellserve.response",
+            "api.ipynb ResponseInfo GET /bad_header: a header value is not a valid HTTP field "
+            "value (RFC 9110: visible ASCII, spaces, tabs and Latin-1 letters only), so the "
+            "request was answered 500; fix the ResponseInfo cell",
+        ),
+        (
+            "/info_raises",
+            "cellserve.cells",
+            "api.ipynb ResponseInfo GET /info_raises: the cell raised KeyError: 'missing'",
+        ),
+    ],
+    ids=["too large", "ResponseInfo not JSON", "ResponseInfo bad header", "ResponseInfo raises"],
+)
+def test_a_500_the_notebook_caused_leaves_one_error_line_without_request_data(
+    server: ServerThread, caplog: pytest.LogCaptureFixture, path: str, logger: str, line: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    response = httpx.get(server.url + path, params={"secret": SECRET}, timeout=60)
+    assert response.status_code == 500
+    # The line is written before the response is sent.
+    assert problem_lines(caplog) == [(logger, "ERROR", line)]
+
+
+def test_the_client_may_see_what_the_cell_printed_the_log_may_not(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    response = httpx.get(server.url + "/not_json", params={"secret": SECRET}, timeout=60)
+    assert SECRET in response.json()["message"]
+    [(_, _, line)] = problem_lines(caplog)
+    assert "printed something else" in line
+
+
+def test_a_stream_cut_at_the_size_limit_leaves_one_error_line(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellserve")
+    response = httpx.get(
+        server.url + "/big_stream",
+        params={"secret": SECRET},
+        headers={"Accept": "text/event-stream"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert "event: error" in response.text
+    assert problem_lines(caplog) == [
+        (
+            "cellserve.streaming",
+            "ERROR",
+            "api.ipynb GET /big_stream: the stream's output passed the response size limit and "
+            "was cut; print less or raise --max-response-size",
+        )
+    ]

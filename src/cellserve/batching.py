@@ -32,8 +32,11 @@ kernel. The pool sees one call per batch: timeouts (504), crashes (503) and queu
 (503) answer every request of the batch, and the pool's counters (timeouts, interrupts,
 crashes, rejections) count batches. The ``cellserve_batch_size`` histogram counts every batch
 a kernel took (also one that timed out or crashed) and the requests it held; each request
-still counts in ``cellserve_requests_total`` and leaves its access line. A cell that raises or
-prints a wrong answer leaves one ERROR per batch naming the route.
+still counts in ``cellserve_requests_total`` and leaves its access line. A cell that raises,
+prints a wrong answer or prints more than ``--max-response-size`` (which bounds the whole
+batch's output) leaves one ERROR per batch naming the route; so do answers that cannot be
+sent (a bad ``$response``: 500 for their requests only), naming their indexes. These lines
+never quote what the cell printed: it may hold request data.
 """
 
 from __future__ import annotations
@@ -54,7 +57,15 @@ from cellserve.exceptions import RequestFailed, Unavailable
 from cellserve.logs import current_request, log_cell_error
 from cellserve.notebook import Endpoint
 from cellserve.pool import KernelPool
-from cellserve.response import apply_headers, build_response, error_response, status_and_headers
+from cellserve.response import (
+    TOO_LARGE_REMEDY,
+    Unusable,
+    apply_headers,
+    build_response,
+    error_response,
+    status_and_headers,
+    too_large_response,
+)
 from cellserve.service import Generation
 
 logger = logging.getLogger("cellserve.batching")
@@ -64,42 +75,88 @@ RESPONSE_KEY = "$response"
 
 
 def split_answers(outcome: CellOutcome, count: int, *, notebook: str, label: str) -> list[Response]:
-    """One response per request of a batch of `count` from the cell's `outcome`."""
+    """One response per request of a batch of `count` from the cell's `outcome`.
+
+    The clients see only their 500s; the operator gets one ERROR per batch that quotes
+    nothing the cell printed (it may hold request data).
+    """
     cell = outcome.cell
-    if cell.error is not None or cell.truncated:
+    if cell.error is not None:  # logged by the batcher, with its traceback
         shared = build_response(outcome, None, notebook=notebook, label=label)
         return [shared] * count
+    if cell.truncated:
+        logger.error(
+            "%s %s: the output of a batch of %d passed the response size limit and every "
+            "request of the batch was answered 500; %s, or lower the batch's max_size",
+            notebook,
+            label,
+            count,
+            TOO_LARGE_REMEDY,
+        )
+        return [too_large_response(notebook, label)] * count
     try:
         answers = json.loads(cell.stdout)
     except json.JSONDecodeError:
         answers = None
     if not isinstance(answers, list):
-        shown = cell.stdout.strip()[:80] or "nothing"
-        message = (
+        shown = cell.stdout.strip()[:80]
+        rule = (
             f"{label} is batched: its cell must print one JSON array with an answer for each "
-            f"request, and printed {shown!r}"
+            "request, and printed"
         )
+        message = f"{rule} {shown or 'nothing'!r}"
+        logged = f"{rule} {'something else' if shown else 'nothing'}"
     elif len(answers) != count:
-        message = (
+        message = logged = (
             f"{label} is batched: its cell answered a batch of {count} request(s) with "
             f"{len(answers)} answer(s); every request of the batch gets this error"
         )
     else:
-        return [_item_response(answer, label) for answer in answers]
-    # The clients see only the 500; the operator gets one line per batch.
-    logger.error("%s %s", notebook, message)
+        return _item_responses(answers, notebook=notebook, label=label)
+    logger.error("%s %s", notebook, logged)
     return [error_response(500, message)] * count
 
 
-def _item_response(answer: Any, label: str) -> Response:
+def _item_responses(answers: list[Any], *, notebook: str, label: str) -> list[Response]:
+    """Each answer's response; answers that cannot be sent fail only their own request."""
+    responses: list[Response] = []
+    unusable: list[tuple[int, Unusable]] = []
+    for index, answer in enumerate(answers):
+        item = _item_response(answer)
+        if isinstance(item, Unusable):
+            unusable.append((index, item))
+            item = error_response(500, f"{label}: {item.message}")
+        responses.append(item)
+    if unusable:  # one line per batch, however many answers were bad
+        index, first = unusable[0]
+        size = len(answers)
+        if len(unusable) == 1:
+            what = (
+                f"the answer at index {index} of a batch of {size} cannot be sent "
+                f"({first.rule}), so its request was answered 500"
+            )
+        else:
+            indexes = ", ".join(str(bad) for bad, _ in unusable)
+            what = (
+                f"the answers at indexes {indexes} of a batch of {size} cannot be sent "
+                f"(index {index}: {first.rule}), so their requests were answered 500"
+            )
+        logger.error("%s %s: %s; fix what the cell prints", notebook, label, what)
+    return responses
+
+
+def _item_response(answer: Any) -> Response | Unusable:
     status, extra = 200, list[tuple[str, str]]()
     if isinstance(answer, dict) and set(answer) == {RESPONSE_KEY}:
         wrapped = answer[RESPONSE_KEY]
         if not isinstance(wrapped, Mapping):
-            return error_response(500, f"{label}: `{RESPONSE_KEY}` must be a JSON object")
+            rule = f"`{RESPONSE_KEY}` must be a JSON object"
+            return Unusable(rule, rule)
         parsed = status_and_headers(wrapped)
-        if isinstance(parsed, str):
-            return error_response(500, f"{label}: `{RESPONSE_KEY}`: {parsed}")
+        if isinstance(parsed, Unusable):
+            return Unusable(
+                f"`{RESPONSE_KEY}`: {parsed.message}", f"`{RESPONSE_KEY}`: {parsed.rule}"
+            )
         status, extra = parsed
         answer = wrapped.get("body")
     if isinstance(answer, str):

@@ -189,8 +189,11 @@ async def _answer(
             outcome = await lease.run(timeout=timeout, on_stdout=on_stdout)
     except RequestFailed as exc:  # logged by the pool
         return failure_response(exc)
+    info = outcome.response_info
     if outcome.cell.error is not None:
         log_cell_error(generation.pool.label, label, outcome.cell.error)
+    elif info is not None and info.error is not None:
+        log_cell_error(generation.pool.label, f"ResponseInfo {label}", info.error)
     return build_response(outcome, accept, notebook=generation.api.name, label=label)
 
 

@@ -13,6 +13,10 @@ Default status 200 and ``Content-Type: text/plain``; a ResponseInfo cell's JSON 
 tokens and values field values (visible ASCII, spaces, tabs, Latin-1 letters; surrounding
 spaces are dropped); anything else is a 500 JSON naming the route, as is output beyond the
 server's size limit. Text that UTF-8 cannot encode (lone surrogates) is sent as U+FFFD.
+
+Those two 500s also leave one ERROR line for the operator (logger ``cellserve.response``)
+saying what was wrong and what to do. The line never quotes what the cell printed: that may
+hold request data, which must not reach the logs; the client's message may quote it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -50,6 +56,22 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
+logger = logging.getLogger("cellserve.response")
+
+TOO_LARGE_REMEDY = "print less or raise --max-response-size"
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """Why a status-and-headers value a cell printed cannot be sent.
+
+    `message` is for the client and may quote the value; `rule` says what was broken without
+    quoting anything the cell printed (it may hold request data), so it may be logged.
+    """
+
+    message: str
+    rule: str
+
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """A JSON error in Kernel Gateway's shape: ``{"reason": ..., "message": ...}``."""
@@ -72,11 +94,14 @@ def build_response(
     if cell.error is not None:
         return _cell_error_response(cell.error)
     if cell.truncated:
-        return error_response(
-            500,
-            f"{notebook} {label} produced more output than the server's response size limit; "
-            "nothing was sent",
+        logger.error(
+            "%s %s: the cell's output passed the response size limit and the request was "
+            "answered 500; %s",
+            notebook,
+            label,
+            TOO_LARGE_REMEDY,
         )
+        return too_large_response(notebook, label)
     body, content_type = _body_of(cell, accept)
     status = 200
     extra: list[tuple[str, str]] = []
@@ -85,14 +110,30 @@ def build_response(
         if info.error is not None:
             return _cell_error_response(info.error)
         parsed = _parse_response_info(info)
-        if isinstance(parsed, str):
-            return error_response(500, f"{notebook} ResponseInfo {label}: {parsed}")
+        if isinstance(parsed, Unusable):
+            logger.error(
+                "%s ResponseInfo %s: %s, so the request was answered 500; fix the ResponseInfo "
+                "cell",
+                notebook,
+                label,
+                parsed.rule,
+            )
+            return error_response(500, f"{notebook} ResponseInfo {label}: {parsed.message}")
         status, extra = parsed
     if status in _NO_BODY_STATUSES:
         body = b""
     response = Response(body, status, headers={"Content-Type": content_type})
     apply_headers(response.headers, extra)
     return response
+
+
+def too_large_response(notebook: str, label: str) -> Response:
+    """The 500 for output past the server's size limit (the caller logs it)."""
+    return error_response(
+        500,
+        f"{notebook} {label} produced more output than the server's response size limit; "
+        "nothing was sent",
+    )
 
 
 def _cell_error_response(error: CellError) -> Response:
@@ -171,45 +212,58 @@ def _encode(media_type: str, value: Any) -> tuple[bytes, str]:
     return utf8(text), media_type + charset
 
 
-def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] | str:
-    """(status, headers) from a ResponseInfo cell's stdout, or the reason it is unusable."""
+def _parse_response_info(info: CellOutput) -> tuple[int, list[tuple[str, str]]] | Unusable:
+    """(status, headers) from a ResponseInfo cell's stdout, or why it is unusable."""
     try:
         value = json.loads(info.stdout)
     except json.JSONDecodeError:
-        shown = info.stdout.strip()[:80] or "nothing"
-        return f'must print one JSON object like {{"status": 201}}, printed {shown!r}'
+        rule = 'must print one JSON object like {"status": 201}'
+        shown = info.stdout.strip()[:80]
+        if not shown:
+            return Unusable(f"{rule}, printed 'nothing'", f"{rule}, printed nothing")
+        return Unusable(f"{rule}, printed {shown!r}", f"{rule}, printed something else")
     if not isinstance(value, dict):
-        return "must print a JSON object, not " + type(value).__name__
+        return _unusable("must print a JSON object, not " + type(value).__name__)
     return status_and_headers(value)
 
 
-def status_and_headers(value: Mapping[str, Any]) -> tuple[int, list[tuple[str, str]]] | str:
+def status_and_headers(value: Mapping[str, Any]) -> tuple[int, list[tuple[str, str]]] | Unusable:
     """(status, headers) from ``{"status": ..., "headers": {...}}``, or why it is unusable.
 
     A list as a header's value repeats the header; framing headers are the server's.
     """
     status = value.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
-        return f"status must be an integer HTTP status from 200 to 599, got {status!r}"
+        rule = "status must be an integer HTTP status from 200 to 599"
+        return Unusable(f"{rule}, got {status!r}", rule)
     raw_headers = value.get("headers", {})
     if not isinstance(raw_headers, dict):
-        return "headers must be a JSON object"
+        return _unusable("headers must be a JSON object")
     headers: list[tuple[str, str]] = []
     for name, header_value in raw_headers.items():
         values = header_value if isinstance(header_value, list) else [header_value]
         for value in values:
             text = _header_text(value).strip(" \t")
             if not _TOKEN.fullmatch(name):
-                return f"header name {name!r} is not an HTTP token (RFC 9110)"
+                rule = "is not an HTTP token (RFC 9110)"
+                return Unusable(f"header name {name!r} {rule}", f"a header name {rule}")
             if not _FIELD_VALUE.fullmatch(text):
-                return (
-                    f"header {name!r}: {text!r} is not a valid HTTP field value (RFC 9110: "
-                    "visible ASCII, spaces, tabs and Latin-1 letters only)"
+                rule = (
+                    "is not a valid HTTP field value (RFC 9110: visible ASCII, spaces, tabs and "
+                    "Latin-1 letters only)"
                 )
+                return Unusable(f"header {name!r}: {text!r} {rule}", f"a header value {rule}")
             if name.lower() in _FRAMING_HEADERS:
-                return f"header {name!r} is set by the server, not by the notebook"
+                rule = "is set by the server, not by the notebook"
+                # The log names it by one of three fixed spellings: nothing the cell printed.
+                return Unusable(f"header {name!r} {rule}", f"header {name.lower()!r} {rule}")
             headers.append((name, text))
     return status, headers
+
+
+def _unusable(rule: str) -> Unusable:
+    """A reason that quotes nothing the cell printed: the client and the log get the same."""
+    return Unusable(rule, rule)
 
 
 def _header_text(value: Any) -> str:

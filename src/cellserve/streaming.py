@@ -19,6 +19,7 @@ If the client goes away, the cell is interrupted.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -31,9 +32,11 @@ from cellserve.cells import CellCall, CellOutcome
 from cellserve.exceptions import RequestFailed
 from cellserve.logs import log_cell_error
 from cellserve.pool import KernelPool
-from cellserve.response import failure_response, utf8
+from cellserve.response import TOO_LARGE_REMEDY, failure_response, utf8
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
+
+logger = logging.getLogger("cellserve.streaming")
 
 
 def _sse(event: str | None, text: str) -> bytes:
@@ -94,6 +97,12 @@ async def stream_cell(
         log_cell_error(pool.label, call.route, outcome.cell.error)
         failure = outcome.cell.error.summary
     elif outcome is not None and outcome.cell.truncated:
+        logger.error(
+            "%s %s: the stream's output passed the response size limit and was cut; %s",
+            pool.label,
+            call.route,
+            TOO_LARGE_REMEDY,
+        )
         failure = "the cell's output passed the server's response size limit; the stream was cut"
     if outcome is None and failure is None:
         return None  # the client left: nothing to send
