@@ -44,6 +44,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, PendingCall, StdoutSink
 from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
+from cellserve.kernel_output import KernelOutput
 from cellserve.memory_limit import check_allocation, limit_kernel_memory
 from cellserve.notebook import SeedCell
 from cellserve.wire import BadMessage, CommWire
@@ -146,6 +147,7 @@ class Kernel:
         self._head_since = 0.0
         self._interrupts = 0
         self._sync_sockets: dict[Any, zmq.Socket[bytes]] = {}
+        self._output = KernelOutput([])
 
     @property
     def pid(self) -> int | None:
@@ -159,21 +161,28 @@ class Kernel:
         if config.memory_limit is not None:
             limit_kernel_memory(manager, config.memory_limit)
         extra = ["--HistoryManager.enabled=False"] if config.is_python else []
+        output = KernelOutput.for_manager(manager)
         try:
             await manager.start_kernel(
-                env=kernel_environment(), cwd=str(config.cwd), extra_arguments=extra
+                env=kernel_environment(),
+                cwd=str(config.cwd),
+                extra_arguments=extra,
+                **output.launch_arguments(),
             )
         except BaseException as exc:
             # Cancelled or failed half-way: a process may exist already; never leave it behind.
             with anyio.CancelScope(shield=True):
                 if manager.has_kernel:
                     await manager.shutdown_kernel(now=True)
+                output.close()
             if isinstance(exc, Exception):
                 raise KernelError(f"cannot start kernel {config.kernel_name!r}: {exc}") from exc
             raise
         client = manager.client()
         client.start_channels()
         kernel = cls(manager, client, config)
+        kernel._output = output
+        output.read_as(config.label, kernel.id)
         try:
             await client.wait_for_ready(timeout=config.startup_timeout)
         except BaseException as exc:
@@ -656,15 +665,14 @@ class Kernel:
             except Exception:
                 logger.debug("shutting down kernel %s failed", self.id, exc_info=True)
             provisioner = self._manager.provisioner
-            if provisioner is None:
-                return
             try:
                 with anyio.move_on_after(10):
-                    if await provisioner.poll() is None:
+                    if provisioner is not None and await provisioner.poll() is None:
                         logger.warning("kernel %s outlived its shutdown; killing it", self.id)
                         await provisioner.kill()
             except Exception:
                 logger.warning("killing kernel %s failed", self.id, exc_info=True)
+            self._output.close()  # after the process is gone: its last lines are logged
 
 
 @functools.cache
