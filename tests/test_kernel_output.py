@@ -9,13 +9,14 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import httpx
 import pytest
 
 from cellserve.cells import CellCall
-from cellserve.kernel_output import MAX_LINE_BYTES
+from cellserve.kernel_output import MAX_LINE_BYTES, KernelOutput
 from cellserve.kernels import Kernel, KernelConfig
 from cellserve.notebook import SeedCell
 from tests.processes import CELLSERVE, Process
@@ -108,4 +109,17 @@ async def test_a_flood_never_stalls_the_kernel_and_shutdown_closes_the_pipes(
     (long,) = [line for line in lines if "yyy" in line]
     assert long.startswith(f"flood kernel {kernel.id} stdout: ")
     assert long.endswith(f"{'y' * 10} [{MAX_LINE_BYTES * 3} more bytes dropped]")
+    assert _pipes() <= before
+
+
+@pytest.mark.parametrize(
+    ("provisioner", "piped"), [("local-provisioner", True), ("some-remote-provisioner", False)]
+)
+def test_only_a_local_provisioner_is_handed_the_pipes(provisioner: str, piped: bool) -> None:
+    """A provisioner that is not the local one (or a subclass) may not accept ``stdout=``."""
+    spec = SimpleNamespace(metadata={"kernel_provisioner": {"provisioner_name": provisioner}})
+    before = _pipes()
+    output = KernelOutput.for_manager(SimpleNamespace(parent=None, kernel_spec=spec))
+    assert set(output.launch_arguments()) == ({"stdout", "stderr"} if piped else set())
+    output.close()
     assert _pipes() <= before

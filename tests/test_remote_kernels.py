@@ -4,6 +4,7 @@ memory limit is refused for such kernels instead of being silently ignored."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio
@@ -13,6 +14,7 @@ import pytest
 from cellserve import app_from_notebook
 from cellserve.exceptions import KernelError
 from cellserve.kernels import Kernel, KernelConfig
+from cellserve.notebook import SeedCell
 from tests.servers import serving, write_notebook
 from tests.test_supervision import CELLS, KERNEL, provisioned  # noqa: F401 (a fixture)
 
@@ -38,6 +40,23 @@ async def test_timeout_interrupts_through_the_provisioner_and_the_kernel_serves_
         (kernel,) = (await client.get("/_cellserve/health")).json()["stats"]["kernels"]
         assert kernel["restarts"] == 0
         assert kernel["pid"] == int(seeded)
+
+
+@pytest.mark.anyio
+async def test_a_provisioned_local_kernels_own_stderr_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test provisioner subclasses the local one, so it takes the output pipes too."""
+    caplog.set_level(logging.INFO, logger="cellserve.kernels.output")
+    kernel = await Kernel.start(KernelConfig(KERNEL, "python", cwd=tmp_path, label="remote"))
+    try:
+        await kernel.seed([SeedCell(1, "import os\nos.write(2, b'via the provisioner\\n')")])
+        expected = f"remote kernel {kernel.id} stderr: via the provisioner"
+        with anyio.fail_after(60):
+            while expected not in [r.getMessage() for r in caplog.records]:
+                await anyio.sleep(0.05)
+    finally:
+        await kernel.shutdown()
 
 
 @pytest.mark.anyio

@@ -10,12 +10,15 @@ logger naming the notebook and the kernel::
     WARNING cellserve.kernels.output: api.ipynb kernel 1f2e3d4c5b6a stderr: DeprecationWarning…
 
 stderr lines are WARNING (a kernel writes there when something is off); stdout lines are
-INFO (visible by default, as they were when inherited, but not a sign of trouble).
+INFO: visible by default, as they were when inherited, but no sign of trouble. ``print`` in a
+cell goes to IOPub, so fd 1 carries only what bypasses Python's streams (a C library, a
+subprocess), which an operator may need to see, not only when debugging.
 
 The pipes are read by the event loop whenever they are readable (``add_reader``, no thread),
 so a kernel writing a lot never blocks on a full pipe; one line is cut at
 ``MAX_LINE_BYTES``. A kernel started by another provisioner (a remote one) keeps its own
-output: the pipes are only handed to the local provisioner, which gives them to ``Popen``.
+output: the pipes are only handed to the local provisioner (or a subclass of it), which gives
+them to ``Popen``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ import asyncio
 import contextvars
 import logging
 import os
+from importlib.metadata import entry_points
 from typing import Any
+
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 logger = logging.getLogger("cellserve.kernels.output")
 
@@ -101,9 +108,7 @@ class KernelOutput:
     @classmethod
     def for_manager(cls, manager: Any) -> KernelOutput:
         """Pipes for the kernel `manager` is about to start, if its provisioner is local."""
-        spec = manager.kernel_spec
-        provisioner = spec.metadata.get("kernel_provisioner", {}).get("provisioner_name")
-        if provisioner not in (None, "local-provisioner"):
+        if not _launched_by_popen(manager):
             return cls([])
         streams = []
         for name, level in (("stdout", logging.INFO), ("stderr", logging.WARNING)):
@@ -154,3 +159,22 @@ class KernelOutput:
             if stream.write_fd is not None:
                 os.close(stream.write_fd)
                 stream.write_fd = None
+
+
+def _launched_by_popen(manager: Any) -> bool:
+    """Whether `manager`'s kernelspec names jupyter_client's local provisioner or a subclass
+    of it: those hand ``stdout=``/``stderr=`` to ``Popen``; another one might not accept them."""
+    factory = KernelProvisionerFactory.instance(parent=manager.parent)
+    stanza = manager.kernel_spec.metadata.get("kernel_provisioner", {})
+    name = stanza.get("provisioner_name", factory.default_provisioner_name)
+    # The factory's cache holds the entry points found when it was made; look again, as
+    # starting the kernel will.
+    found = entry_points(group=KernelProvisionerFactory.GROUP_NAME, name=name)
+    entry_point = factory.provisioners.get(name) or next(iter(found), None)
+    if entry_point is None:
+        return False  # unknown: starting the kernel says so
+    try:
+        provisioner = entry_point.load()
+    except Exception:
+        return False
+    return isinstance(provisioner, type) and issubclass(provisioner, LocalProvisioner)
