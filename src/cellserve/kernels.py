@@ -42,9 +42,11 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, PendingCall, StdoutSink
+from cellserve.channel_reader import ChannelReader
 from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
 from cellserve.kernel_output import KernelOutput
+from cellserve.in_flight import CallsInFlight
 from cellserve.memory_limit import check_allocation, limit_kernel_memory
 from cellserve.notebook import SeedCell
 from cellserve.wire import BadMessage, CommWire
@@ -132,21 +134,12 @@ class Kernel:
         self._unsupported_keys: set[str] = set()
         self._exiting = False
         # Several fast-path calls may be in flight (pipelining). One task reads IOPub at a
-        # time; answers it reads for another call in flight wait in the inbox, and `_changed`
-        # wakes the calls waiting for them. The kernel runs calls in the order they were
-        # sent, so the oldest one in flight is the one running: its timeout counts from when
-        # it became the oldest (`_head_since`), not from when it was sent.
+        # time; answers it reads for another call in flight are kept in `_calls`, and
+        # `_changed` wakes the calls waiting for them.
         self._reading = False
         self._changed = asyncio.Event()
-        self._in_flight: dict[str, int] = {}  # msg_id → interrupts sent before it went out
-        # Calls that left before their answer (timed out, abandoned) but that the kernel still
-        # runs: they keep their place until it answers, with how long they may run once they
-        # are the oldest (None: an interrupt is on its way to them).
-        self._left: dict[str, float | None] = {}
-        self._inbox: dict[str, dict[str, Any]] = {}
-        self._head_since = 0.0
-        self._interrupts = 0
-        self._sync_sockets: dict[Any, zmq.Socket[bytes]] = {}
+        self._calls = CallsInFlight()
+        self._readers: dict[Any, ChannelReader] = {}
         self._output = KernelOutput([])
 
     @property
@@ -255,6 +248,9 @@ class Kernel:
                 ) from exc
         if self.config.is_python:
             await self._install_dispatcher()
+        # nbclient is done with the kernel: its replies are read here from now on.
+        for channel in (self._client.shell_channel, self._client.iopub_channel):
+            self._reader(channel).take_over()
 
     def _log_seed_output(self, where: str, cell: Any) -> None:
         level = logging.INFO if self.config.seed_output else logging.DEBUG
@@ -310,7 +306,7 @@ class Kernel:
     @property
     def calls_held(self) -> int:
         """Fast-path calls sent and not yet answered, with those whose requester left."""
-        return len(self._in_flight)
+        return len(self._calls)
 
     def begin(self, call: CellCall) -> PendingCall:
         """Send `call` now if it takes the fast path; ``finish`` collects the answer.
@@ -373,14 +369,12 @@ class Kernel:
         msg_id, frames = self._wire.comm_msg(data)
         try:
             # Sent at once, without a zmq future: the queue to the kernel is far from full.
-            self._sync_socket(self._client.shell_channel).send_multipart(frames, zmq.NOBLOCK)
+            self._reader(self._client.shell_channel).socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             raise KernelError(f"kernel {self.id} takes no more messages") from None
         except zmq.ZMQError as exc:
             raise KernelError(f"cannot send to kernel {self.id}: {exc}") from exc
-        if not self._in_flight:
-            self._head_since = time.monotonic()
-        self._in_flight[msg_id] = self._interrupts
+        self._calls.sent(msg_id)
         return msg_id
 
     async def _dispatch_answer(
@@ -397,18 +391,18 @@ class Kernel:
             try:
                 answer = await self._comm_answer(msg_id, timeout)
             except TimeoutError:
-                self._leave_call(msg_id, None)  # the pool interrupts it
+                self._calls.leave(msg_id, None)  # the pool interrupts it
                 raise
             except BaseException:
-                self._leave_call(msg_id, timeout)  # abandoned: it may still run
+                self._calls.leave(msg_id, timeout)  # abandoned: it may still run
                 raise
-            sent_after = self._forget_call(msg_id)
+            sent_after = self._calls.forget(msg_id)
             self._known_keys.add(pending.key)
             if pending.call.response_info is not None:
                 self._known_keys.add(_code_key(pending.call.response_info))
             if answer["status"] == "unsupported":
                 return None
-            stray_interrupt = sent_after != self._interrupts and _hit_by_interrupt(answer)
+            stray_interrupt = sent_after != self._calls.interrupts and _hit_by_interrupt(answer)
             if answer["status"] == "ok" and (attempt == 1 or not stray_interrupt):
                 info = answer["info"]
                 return CellOutcome(
@@ -422,8 +416,8 @@ class Kernel:
 
     async def _comm_answer(self, msg_id: str, timeout: float | None) -> dict[str, Any]:
         """The comm answer to `msg_id`, read by this task or by another call's task."""
-        while msg_id not in self._inbox:
-            deadline = self._deadline_of(msg_id, timeout)
+        while (answer := self._calls.answer(msg_id)) is None:
+            deadline = self._calls.deadline_of(msg_id, timeout)
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError
@@ -437,46 +431,14 @@ class Kernel:
                     await self._next_frames(self._client.iopub_channel, horizon, skip_status=True)
                 )
             except TimeoutError:
-                if time.monotonic() >= self._deadline_of(msg_id, timeout):
+                if time.monotonic() >= self._calls.deadline_of(msg_id, timeout):
                     raise
                 if not await self.is_alive():
                     raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited") from None
             finally:
                 self._reading = False
                 self._notify()
-        return self._inbox.pop(msg_id)
-
-    def _deadline_of(self, msg_id: str, timeout: float | None) -> float:
-        """When the call `msg_id` times out: `timeout` after it became the oldest in flight.
-
-        Behind calls that left but still run in the kernel, it times out when the oldest of
-        them overruns its own timeout: the interrupt that follows then stops that cell.
-        """
-        order = list(self._in_flight)
-        if timeout is None or msg_id not in self._in_flight:
-            return math.inf
-        if order[0] == msg_id:
-            return self._head_since + timeout
-        if any(ahead not in self._left for ahead in order[: order.index(msg_id)]):
-            return math.inf  # a live call runs first and keeps its own time
-        left = self._left[order[0]]
-        return math.inf if left is None else self._head_since + left
-
-    def _leave_call(self, msg_id: str, timeout: float | None) -> None:
-        """`msg_id` will not be awaited, but the kernel may still run it: keep its place."""
-        if self._inbox.pop(msg_id, None) is not None:
-            self._forget_call(msg_id)  # already answered: the kernel is done with it
-        elif msg_id in self._in_flight:
-            self._left[msg_id] = timeout
-
-    def _forget_call(self, msg_id: str) -> int:
-        """`msg_id` is answered or abandoned; the interrupt count from when it was sent."""
-        was_head = next(iter(self._in_flight), None) == msg_id
-        sent_after = self._in_flight.pop(msg_id, self._interrupts)
-        self._inbox.pop(msg_id, None)
-        if was_head:
-            self._head_since = time.monotonic()
-        return sent_after
+        return answer
 
     def _route(self, frames: list[bytes]) -> bool:
         """Keep a comm answer for the call in flight it belongs to; False if not a comm answer."""
@@ -488,11 +450,7 @@ class Kernel:
             return True
         if parsed is None:
             return False
-        if parsed[0] in self._left:  # the kernel is done with a call that left: drop it
-            del self._left[parsed[0]]
-            self._forget_call(parsed[0])
-        elif parsed[0] in self._in_flight:
-            self._inbox[parsed[0]] = parsed[1]
+        self._calls.answered(*parsed)
         return True
 
     def _notify(self) -> None:
@@ -516,8 +474,16 @@ class Kernel:
     async def _execute(
         self, code: str, deadline: float, on_stdout: StdoutSink | None = None
     ) -> CellOutput:
-        msg_id = self._client.execute(
-            code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False
+        msg_id = self._send(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": False,
+            },
         )
         await self._become_reader(deadline)
         try:
@@ -589,57 +555,42 @@ class Kernel:
         With `skip_status`, busy/idle messages are dropped by their topic frame: the fast
         path never needs them, and they are two of the three messages each request causes.
         """
+        reader = self._reader(channel)
         while True:
             try:
-                # A message already waiting is read at once, without a future.
-                frames: list[bytes] = self._sync_socket(channel).recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
-            else:
-                if skip_status and frames[0].endswith(b".status"):
-                    continue
-                return frames
-            # One zmq future per message; it is already done when a message was waiting.
-            try:
-                future = channel.socket.recv_multipart()
-                if not future.done():
+                frames = reader.read_nowait()
+                if frames is None:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not await _done_within(
-                        future, min(_POLL_SECONDS, remaining)
-                    ):
-                        future.cancel()  # the message, if one comes, stays queued
-                        if time.monotonic() >= deadline:
-                            raise TimeoutError
-                        if not await self.is_alive():
-                            raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited")
+                    if remaining > 0 and await reader.wait(min(_POLL_SECONDS, remaining)):
                         continue
-                frames = future.result()
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError
+                    if not await self.is_alive():
+                        raise KernelDied(f"kernel {self.id} (pid {self.pid}) exited")
+                    continue
             except zmq.ZMQError as exc:
                 raise KernelError(f"cannot read from kernel {self.id}: {exc}") from exc
             if skip_status and frames[0].endswith(b".status"):
                 continue
             return frames
 
-    def _sync_socket(self, channel: Any) -> zmq.Socket[bytes]:
-        """A blocking handle on `channel`'s socket (the same zmq socket, not a copy)."""
-        sync = self._sync_sockets.get(channel)
-        if sync is None:
-            sync = self._sync_sockets[channel] = zmq.Socket.shadow(channel.socket.underlying)
-        return sync
+    def _reader(self, channel: Any) -> ChannelReader:
+        reader = self._readers.get(channel)
+        if reader is None:
+            reader = self._readers[channel] = ChannelReader(channel.socket)
+        return reader
 
     def _send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self._client.session.msg(msg_type, content)
         try:
-            self._client.shell_channel.send(msg)
+            self._client.session.send(self._reader(self._client.shell_channel).socket, msg)
         except zmq.ZMQError as exc:
             raise KernelError(f"cannot send to kernel {self.id}: {exc}") from exc
         return str(msg["header"]["msg_id"])
 
     async def interrupt(self, grace: float) -> bool:
         """Interrupt the running cell; True once the kernel answers again within `grace`."""
-        self._interrupts += 1
+        self._calls.interrupts += 1
         try:
             await self._manager.interrupt_kernel()
         except Exception as exc:
@@ -655,6 +606,8 @@ class Kernel:
     async def shutdown(self) -> None:
         """Stop the kernel process for good; safe to call twice and under cancellation."""
         with anyio.CancelScope(shield=True):
+            for reader in self._readers.values():
+                reader.release()
             try:
                 self._client.stop_channels()
             except Exception:
@@ -708,32 +661,6 @@ def _code_key(source: str) -> str:
 def _hit_by_interrupt(answer: Mapping[str, Any]) -> bool:
     error = answer["cell"]["error"]
     return error is not None and error["ename"] == "KeyboardInterrupt"
-
-
-async def _done_within(future: asyncio.Future[Any], seconds: float) -> bool:
-    """Wait up to `seconds` for `future`; whether it is done. Cancelled, it cancels `future`.
-
-    Cheaper than ``asyncio.timeout`` around ``await future``, which the fast path pays for
-    every request.
-    """
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    future.add_done_callback(wake)
-    timer = loop.call_later(seconds, wake)
-    try:
-        await waiter
-    except BaseException:
-        future.cancel()
-        raise
-    finally:
-        timer.cancel()
-        future.remove_done_callback(wake)
-    return future.done() and not future.cancelled()
 
 
 def _deadline(deadline: float) -> asyncio.Timeout:
