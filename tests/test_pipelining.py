@@ -19,6 +19,7 @@ import pytest
 
 from cellserve import app_from_notebook
 from cellserve.cells import CellCall
+from cellserve.exceptions import KernelError
 from cellserve.kernels import Kernel, KernelConfig
 from cellserve.notebook import SeedCell
 from cellserve.pool import KernelPool, PoolLimits
@@ -183,3 +184,21 @@ async def test_a_call_left_behind_the_running_one_still_takes_its_place_in_the_d
             await until(lambda: "c" in answers)
             await pool.close()
     assert answers == {"a": "A\n", "c": "C\n"}
+
+
+@pytest.mark.anyio
+async def test_a_kernel_is_seeded_once_and_then_read_without_nbclient(tmp_path: Path) -> None:
+    """After seeding, the kernel's sockets are read by cellserve alone: a second seed (which
+    would need nbclient's reads) is refused instead of hanging, and calls still answer."""
+    config = KernelConfig(kernel_name="python3", language="python", cwd=tmp_path)
+    kernel = await Kernel.start(config)
+    try:
+        await kernel.seed([SeedCell(1, "N = 41")])
+        with pytest.raises(KernelError, match="seeded already"):
+            await kernel.seed([SeedCell(1, "N = 0")])
+        fast = kernel.begin(CellCall("print(N + 1)", "{}"))
+        assert (await kernel.finish(fast, timeout=30)).cell.stdout == "42\n"
+        executed = kernel.begin(CellCall("print(N)", "{}", stream=True))  # the execute path
+        assert (await kernel.finish(executed, timeout=30)).cell.stdout == "41\n"
+    finally:
+        await kernel.shutdown()

@@ -91,15 +91,16 @@ async def seed_timings(api: NotebookApi, folder: Path) -> list[SeedTiming]:
     """
     config = KernelConfig(api.kernel_name, api.language, cwd=folder, fast=False)
     kernel = await Kernel.start(config)
-    timings = []
+    starts: list[float] = []
     try:
-        for seed in api.seeds:
-            started = time.perf_counter()
-            await kernel.seed([seed])
-            timings.append(SeedTiming(seed.number, time.perf_counter() - started))
+        await kernel.seed(api.seeds, lambda _cell, _cells: starts.append(time.perf_counter()))
+        starts.append(time.perf_counter())
     finally:
         await kernel.shutdown()
-    return timings
+    return [
+        SeedTiming(seed.number, end - start)
+        for seed, start, end in zip(api.seeds, starts, starts[1:], strict=False)
+    ]
 
 
 def _shape(endpoint: Endpoint) -> tuple[str | None, ...]:

@@ -141,6 +141,7 @@ class Kernel:
         self._calls = CallsInFlight()
         self._readers: dict[Any, ChannelReader] = {}
         self._output = KernelOutput([])
+        self._seeded = False
 
     @property
     def pid(self) -> int | None:
@@ -201,8 +202,11 @@ class Kernel:
     ) -> None:
         """Run the seed cells in order; a failure is a SeedError naming the cell.
 
-        `on_cell(i, n)` is told before seed cell `i` (1-based) of `n` runs.
+        `on_cell(i, n)` is told before seed cell `i` (1-based) of `n` runs. A kernel is
+        seeded once: afterwards its replies are read here, not by nbclient.
         """
+        if self._seeded:
+            raise KernelError(f"kernel {self.id} is seeded already")
         history_off = HISTORY_OFF.get(self.config.language.lower())
         if history_off is not None:
             output = await self._execute(history_off, deadline=time.monotonic() + 30)
@@ -249,6 +253,7 @@ class Kernel:
         if self.config.is_python:
             await self._install_dispatcher()
         # nbclient is done with the kernel: its replies are read here from now on.
+        self._seeded = True
         for channel in (self._client.shell_channel, self._client.iopub_channel):
             self._reader(channel).take_over()
 
