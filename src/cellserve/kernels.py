@@ -45,8 +45,8 @@ from cellserve.cells import CellCall, CellError, CellOutcome, CellOutput, Pendin
 from cellserve.channel_reader import ChannelReader
 from cellserve.dispatch_common import LimitedText, hides_value
 from cellserve.exceptions import KernelDied, KernelError, SeedError
-from cellserve.kernel_output import KernelOutput
 from cellserve.in_flight import CallsInFlight
+from cellserve.kernel_output import KernelOutput
 from cellserve.memory_limit import check_allocation, limit_kernel_memory
 from cellserve.notebook import SeedCell
 from cellserve.wire import BadMessage, CommWire
