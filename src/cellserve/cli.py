@@ -368,16 +368,22 @@ def _serve(
             tg.cancel_scope.cancel()
 
     async def serve_with_progress() -> None:
+        served = False
         async with anyio.create_task_group() as tg:
             if live_handler is not None:
                 from cellserve.console import show_progress
 
                 def done() -> bool:
-                    return hooks.ready or failed.is_set() or drain.begun
+                    return served or hooks.ready or failed.is_set() or drain.begun
 
                 tg.start_soon(show_progress, progress, done, live_handler)
-            await serve(app, config, shutdown_trigger=until_stopped)
-            tg.cancel_scope.cancel()
+            try:
+                await serve(app, config, shutdown_trigger=until_stopped)
+            finally:
+                # The table stops at its next refresh. Cancelling the task group from here
+                # instead let a CancelledError escape now and then (exit status 1 after a
+                # clean stop), seen when the server stopped right after it was ready.
+                served = True
 
     _log_start(url)
     try:
