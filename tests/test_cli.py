@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -318,3 +319,34 @@ def test_tcp_transport_can_be_chosen(notebook, tmp_path: Path, processes: list[P
     assert os.stat(connection_file).st_mode & 0o077 == 0
     server.popen.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
+
+
+def test_the_command_skips_jsonschemas_slow_iri_backend_and_a_host_app_keeps_it() -> None:
+    """The ``cellserve`` command (argv[0]) marks ``rfc3987_syntax`` absent before nbformat
+    imports jsonschema (lean_start.py); a process that merely imports cellserve is left as is.
+    Run without the tests' own sitecustomize, which marks it absent everywhere."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = (
+        "import importlib.util, sys; installed = importlib.util.find_spec('rfc3987_syntax'); "
+        "sys.argv[0] = {argv0!r}; import cellserve; "
+        "print(installed is not None, repr(sys.modules.get('rfc3987_syntax', 'not imported')))"
+    )
+
+    def imported_as(argv0: str) -> tuple[bool, str]:
+        result = subprocess.run(
+            [sys.executable, "-c", probe.format(argv0=argv0)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        installed, module = result.stdout.strip().split(" ", 1)
+        return installed == "True", module
+
+    assert imported_as("/venv/bin/cellserve")[1] == "None"
+    installed, module = imported_as("/srv/app.py")
+    if installed:
+        assert module.startswith("<module 'rfc3987_syntax'"), module
+    else:
+        assert module == "'not imported'", module

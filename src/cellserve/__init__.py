@@ -4,6 +4,7 @@ from cellserve import app_from_notebook
 app = app_from_notebook("house_prices.ipynb", kernels=2)
 """
 
+import cellserve.lean_start  # noqa: F401  (first: see its docstring)
 from cellserve.app import app_from_notebook, lifespan
 from cellserve.exceptions import (
     CellserveError,
