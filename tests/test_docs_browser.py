@@ -57,7 +57,7 @@ def test_docs_page_lists_operations_and_try_it_out_works(notebook) -> None:
             page.locator(".opblock-summary", has_text="Greet someone").click()
             page.locator("input[placeholder='name']").fill("browser")
             page.locator("button.execute").click()
-            body = page.locator(".responses-wrapper .response-col_description pre").first
+            body = page.locator(".live-responses-table .response-col_description pre").first
             body.wait_for(timeout=30_000)
             assert "hello browser" in body.inner_text()
             if os.environ.get("CELLSERVE_UPDATE_SCREENSHOT"):
@@ -98,7 +98,7 @@ def test_try_it_out_starts_from_the_declared_examples(notebook) -> None:
             assert page.locator("input[placeholder='rooms']").input_value() == "4"
             # The prefilled request passes the declaration and reaches the cell.
             page.locator("button.execute").click()
-            answer = page.locator(".responses-wrapper .response-col_description pre").first
+            answer = page.locator(".live-responses-table .response-col_description pre").first
             answer.wait_for(timeout=30_000)
             assert answer.inner_text().strip() == "480"
         finally:
