@@ -167,10 +167,11 @@ def _launched_by_popen(manager: Any) -> bool:
     factory = KernelProvisionerFactory.instance(parent=manager.parent)
     stanza = manager.kernel_spec.metadata.get("kernel_provisioner", {})
     name = stanza.get("provisioner_name", factory.default_provisioner_name)
-    # The factory's cache holds the entry points found when it was made; look again, as
-    # starting the kernel will.
-    found = entry_points(group=KernelProvisionerFactory.GROUP_NAME, name=name)
-    entry_point = factory.provisioners.get(name) or next(iter(found), None)
+    # The factory's cache holds the entry points found when it was made; if the name is not
+    # there, look again (scanning every installed distribution), as starting the kernel will.
+    entry_point = factory.provisioners.get(name) or next(
+        iter(entry_points(group=KernelProvisionerFactory.GROUP_NAME, name=name)), None
+    )
     if entry_point is None:
         return False  # unknown: starting the kernel says so
     try:
