@@ -233,20 +233,32 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
 
 
-def throughput_table(results: dict[str, Any]) -> str:
-    header = [
-        "scenario",
-        "server",
-        "kernels",
-        "concurrency",
-        "req/s (median)",
-        "p50 ms",
-        "p99 ms",
-        "errors / requests",
-        "CPU ms/req: server",
-        "kernels",
-        "other load",
+_SAMPLE_HEADER = [
+    "p50 ms",
+    "p99 ms",
+    "errors / requests",
+    "CPU ms/req: server",
+    "kernels",
+    "other load",
+]
+
+
+def _sample_cells(row: dict[str, Any]) -> list[str]:
+    """A measured row's req/s, then the cells under ``_SAMPLE_HEADER``."""
+    return [
+        _num(row["rps"]),
+        _num(row["p50_ms"]),
+        _num(row["p99_ms"]),
+        f"{row['errors']} / {row['requests']:,}",
+        _num(row.get("server_cpu_ms")),
+        _num(row.get("kernel_cpu_ms")),
+        _percent(row.get("foreign_cpu_percent")),
     ]
+
+
+def throughput_table(results: dict[str, Any]) -> str:
+    header = ["scenario", "server", "kernels", "concurrency", "req/s (median)"]
+    header += _SAMPLE_HEADER
     rows = results.get("throughput", [])
     # Runs before the load monitor existed have no per-row background load: drop the column.
     width = len(header) if any("foreign_cpu_percent" in row for row in rows) else len(header) - 1
@@ -256,13 +268,7 @@ def throughput_table(results: dict[str, Any]) -> str:
             LABELS.get(row["server"], row["server"]),
             str(row["kernels"]),
             str(row["concurrency"]),
-            _num(row["rps"]),
-            _num(row["p50_ms"]),
-            _num(row["p99_ms"]),
-            f"{row['errors']} / {row['requests']:,}",
-            _num(row.get("server_cpu_ms")),
-            _num(row.get("kernel_cpu_ms")),
-            _percent(row.get("foreign_cpu_percent")),
+            *_sample_cells(row),
         ][:width]
         for row in rows
     ]
@@ -278,30 +284,12 @@ def scaling_table(results: dict[str, Any]) -> str:
             str(row["kernels"]),
             str(row["total_kernels"]),
             str(row["concurrency"]),
-            _num(row["rps"]),
-            _num(row["p50_ms"]),
-            _num(row["p99_ms"]),
-            f"{row['errors']} / {row['requests']:,}",
-            _num(row.get("server_cpu_ms")),
-            _num(row.get("kernel_cpu_ms")),
-            _percent(row.get("foreign_cpu_percent")),
+            *_sample_cells(row),
         ]
         for row in sorted(rows, key=lambda r: (r["endpoint"], r["workers"], r["kernels"]))
     ]
-    header = [
-        "scenario",
-        "workers",
-        "kernels per worker",
-        "kernels in all",
-        "concurrency",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "errors / requests",
-        "CPU ms/req: server",
-        "kernels",
-        "other load",
-    ]
+    header = ["scenario", "workers", "kernels per worker", "kernels in all", "concurrency", "req/s"]
+    header += _SAMPLE_HEADER
     return _table(header, lines)
 
 
