@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# The test extra installs jupyter-server-proxy, whose jupyter_events requires
-# jsonschema[format-nongpl] and so rfc3987_syntax: jsonschema imports it at once, and it compiles
-# some thirty grammars on import (2.7 s per process on 2 cores, four times the rest of
-# `cellserve serve`'s start). A plain `pip install cellserve` does not have it. Marked absent
-# here and, through sitecustomize, in every process the tests start (servers, CLI commands),
-# the suite runs as users' installs do and no longer spends most of its time importing.
-sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-_PLAIN_JSONSCHEMA = str(Path(__file__).with_name("plain_jsonschema"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_PLAIN_JSONSCHEMA, os.environ.get("PYTHONPATH")) if p
-)
+import pytest
 
-import pytest  # noqa: E402
-
-from tests.processes import Process  # noqa: E402
-from tests.servers import ServerThread, write_notebook  # noqa: E402
+from tests.processes import Process
+from tests.servers import ServerThread, write_notebook
 
 HOUSING_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "california_housing.csv"
 

@@ -323,9 +323,7 @@ def test_tcp_transport_can_be_chosen(notebook, tmp_path: Path, processes: list[P
 
 def test_the_command_skips_jsonschemas_slow_iri_backend_and_a_host_app_keeps_it() -> None:
     """The ``cellserve`` command (argv[0]) marks ``rfc3987_syntax`` absent before nbformat
-    imports jsonschema (lean_start.py); a process that merely imports cellserve is left as is.
-    Run without the tests' own sitecustomize, which marks it absent everywhere."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    imports jsonschema (lean_start.py); a process that merely imports cellserve is left as is."""
     probe = (
         "import importlib.util, sys; installed = importlib.util.find_spec('rfc3987_syntax'); "
         "sys.argv[0] = {argv0!r}; import cellserve; "
@@ -337,7 +335,6 @@ def test_the_command_skips_jsonschemas_slow_iri_backend_and_a_host_app_keeps_it(
             [sys.executable, "-c", probe.format(argv0=argv0)],
             capture_output=True,
             text=True,
-            env=env,
             timeout=120,
             check=True,
         )
