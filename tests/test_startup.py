@@ -26,7 +26,9 @@ def gated_seed(gate: Path, pid_file: Path) -> str:
     """A seed cell that records its kernel's pid, then waits (up to 120 s) for `gate`."""
     return (
         "import os, time\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        # Written whole, then renamed: the test reads the pid as soon as the file exists.
+        f"with open({str(pid_file)!r} + '.tmp', 'w') as f: f.write(str(os.getpid()))\n"
+        f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\n"
         "print('waiting for the gate')\n"
         "deadline = time.monotonic() + 120\n"
         f"while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:\n"
