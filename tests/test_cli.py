@@ -347,3 +347,22 @@ def test_the_command_skips_jsonschemas_slow_iri_backend_and_a_host_app_keeps_it(
         assert module.startswith("<module 'rfc3987_syntax'"), module
     else:
         assert module == "'not imported'", module
+
+
+def test_the_server_raises_its_open_files_limit_for_itself_and_its_kernels(
+    notebook, tmp_path: Path, processes: list[Process]
+) -> None:
+    """Started with a soft limit of 256 descriptors under a hard limit of 4096, the server and
+    the kernels it starts may open 4096 (each kernel holds about 15 in the server)."""
+    path = notebook(API_CELLS)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
+    limited = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+    limited += "os.execv(sys.argv[1], sys.argv[1:])"
+    server = Process([sys.executable, "-c", limited, *serve], tmp_path / "log")
+    processes.append(server)
+    server.wait_ready(url)
+    (kernel,) = kernel_pids(url)
+    for pid in (server.popen.pid, kernel):
+        assert psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE) == (4096, 4096)

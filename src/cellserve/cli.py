@@ -22,6 +22,7 @@ import anyio
 from cellserve.commands import add_commands
 from cellserve.exceptions import CellserveError, SettingsError
 from cellserve.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from cellserve.open_files import raise_open_files_limit
 from cellserve.settings import DEFAULT_PORT, Settings, env_names
 from cellserve.startup import ServerHooks
 
@@ -228,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
     if settings.auth_token is not None:
         _forget_token_variables()
+    raise_open_files_limit()
     try:
         with listener:
             app = _build(args.notebooks, settings)  # in workers mode only to fail fast here
