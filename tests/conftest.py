@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cellserve.open_files import raise_open_files_limit
 from tests.processes import Process
 from tests.servers import ServerThread, write_notebook
 
@@ -18,6 +19,13 @@ HOUSING_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "califor
 def anyio_backend() -> str:
     # The Jupyter stack is asyncio-only.
     return "asyncio"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _open_files_limit_as_the_server_has() -> None:
+    """This process hosts servers and kernels as `cellserve serve` does: give it the same
+    open-files limit (the soft one raised to the hard one)."""
+    raise_open_files_limit()
 
 
 @pytest.fixture(autouse=True, scope="session")
