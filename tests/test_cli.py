@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -352,17 +353,20 @@ def test_the_command_skips_jsonschemas_slow_iri_backend_and_a_host_app_keeps_it(
 def test_the_server_raises_its_open_files_limit_for_itself_and_its_kernels(
     notebook, tmp_path: Path, processes: list[Process]
 ) -> None:
-    """Started with a soft limit of 256 descriptors under a hard limit of 4096, the server and
-    the kernels it starts may open 4096 (each kernel holds about 15 in the server)."""
+    """Started with a soft limit of 64 descriptors under the test's hard limit, the server and
+    the kernels it starts may open as many as the hard limit (a kernel holds about 15 in the
+    server)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     path = notebook(API_CELLS)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve = [CELLSERVE, "serve", str(path), "--port", str(port), "--no-reload"]
-    limited = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+    limited = "import os, resource, sys; "
+    limited += f"resource.setrlimit(resource.RLIMIT_NOFILE, (64, {hard})); "
     limited += "os.execv(sys.argv[1], sys.argv[1:])"
     server = Process([sys.executable, "-c", limited, *serve], tmp_path / "log")
     processes.append(server)
     server.wait_ready(url)
     (kernel,) = kernel_pids(url)
     for pid in (server.popen.pid, kernel):
-        assert psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE) == (4096, 4096)
+        assert psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
