@@ -26,9 +26,14 @@ LABELS = {
     "kg": "Kernel Gateway 3.0.1",
     "floor-fast": "raw floor (fast: comm)",
     "floor-execute": "raw floor (execute_request)",
+    "http-floor": "HTTP floor (hypercorn + bare ASGI app)",
     "hypercorn-asyncio": "cellserve app, hypercorn -k asyncio",
     "hypercorn-uvloop": "cellserve app, hypercorn -k uvloop",
 }
+
+
+# Floors and alternative hosts are in the tables, not among the chart's bars.
+_NOT_CHARTED = ("floor", "hypercorn", "http-floor")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,20 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 f"≥ {goal:.2f}",
                 lambda v, goal=goal: v >= goal,
                 _pair(row, base, "rps", "req/s"),
+            )
+        )
+    # What HTTP alone costs: no goal, it splits the c=1 ratio above into its two causes.
+    row, http = ping("cellserve", 1), ping("http-floor", 1)
+    if http is not None:
+        ratio = _ratio(row, http, "rps")
+        out.append(
+            Target(
+                f"/ping, 1 kernel, concurrency 1: cellserve (fast) ÷ {LABELS['http-floor']} "
+                f"(which is {_num(_ratio(http, base, 'rps'))} of the raw floor)",
+                ratio,
+                "— (reading)",
+                None,
+                _pair(row, http, "rps", "req/s"),
             )
         )
     base = ping("floor-execute", 1)
@@ -213,6 +232,11 @@ def _pair(a: Row | None, b: Row | None, key: str, unit: str) -> str:
     return f"{show(a)} vs {show(b)}"
 
 
+def _mark(target: Target, marks: dict[bool | None, str]) -> str:
+    """Pass or miss; a dash for a reading, which has no goal."""
+    return "—" if target.goal.startswith("—") else marks[target.passed]
+
+
 def _num(value: float | None) -> str:
     if value is None:
         return "—"
@@ -295,7 +319,7 @@ def scaling_table(results: dict[str, Any]) -> str:
 
 def targets_table(results: dict[str, Any]) -> str:
     marks = {True: "**pass**", False: "**miss**", None: "not measured"}
-    lines = [[t.name, t.goal, _num(t.value), marks[t.passed], t.detail] for t in targets(results)]
+    lines = [[t.name, t.goal, _num(t.value), _mark(t, marks), t.detail] for t in targets(results)]
     return _table(["target", "goal", "measured", "result", "values (this run)"], lines)
 
 
@@ -494,7 +518,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> None:
             {
                 r["concurrency"]
                 for r in rows
-                if r["endpoint"] == endpoint and not r["server"].startswith(("floor", "hypercorn"))
+                if r["endpoint"] == endpoint and not r["server"].startswith(_NOT_CHARTED)
             }
         )
         for line, (key, title) in enumerate((("rps", "req/s"), ("p99_ms", "p99 latency, ms"))):

@@ -60,6 +60,7 @@ from servers import (
     ServerSpec,
     cellserve_spec,
     ensure_kernel_gateway,
+    http_floor_spec,
     hypercorn_spec,
     kernel_gateway_spec,
 )
@@ -164,6 +165,7 @@ def _server_contender(server: RunningServer, endpoints: tuple[str, ...]) -> Cont
         server.spec.kernels,
         measure,
         endpoints,
+        server.spec.concurrencies,
         drain=server.drain,
         cpu=server.cpu_seconds,
         server=server,
@@ -313,6 +315,8 @@ def run_throughput(run: Run) -> None:
             (kernel_gateway_spec(NOTEBOOK_PATH, kernels), unbatched),
         ]
         floors = ("fast", "execute") if kernels == 1 else ()
+        if kernels == 1:
+            specs.append((http_floor_spec(), ("ping",)))
         with contenders(specs, floors, unbatched, run.raw) as group:
             if kernels == 1 and group[0].server is not None:
                 run.results.batched_equal.append(check_batched_answers(group[0].server))

@@ -43,6 +43,7 @@ class ServerSpec:
     has_health: bool = True
     unset_env: tuple[str, ...] = ()  # variables the server must not inherit
     workers: int = 1
+    concurrencies: tuple[int, ...] | None = None  # None: any; the HTTP floor takes only 1
 
     def command(self, port: int) -> list[str]:
         return [arg.replace("{port}", str(port)) for arg in self.argv]
@@ -82,6 +83,12 @@ def hypercorn_spec(notebook: Path, kernels: int, loop: str) -> ServerSpec:
         factory,
     )
     return ServerSpec(f"hypercorn-{loop}", kernels, argv)
+
+
+def http_floor_spec() -> ServerSpec:
+    """``http_floor.py``: hypercorn and a bare ASGI app over one cellserve kernel."""
+    argv = (sys.executable, str(BENCHMARKS / "http_floor.py"), "127.0.0.1:{port}")
+    return ServerSpec("http-floor", 1, argv, has_health=False, concurrencies=(1,))
 
 
 def kernel_gateway_spec(notebook: Path, kernels: int) -> ServerSpec:
