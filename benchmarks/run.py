@@ -52,7 +52,7 @@ from bench_notebook import BODIES, NOTEBOOK_PATH, write_notebook
 from load import FloorProcess, Sample, run_wrk
 from machine import LoadMonitor, describe_machine
 from reloading import ReloadTrial, run_reload_trial
-from report import draw_chart, results_markdown, update_readme
+from report import LABELS, draw_chart, results_markdown, update_readme
 from servers import (
     KG_VENV,
     KG_VERSION,
@@ -119,6 +119,7 @@ class Contender:
     concurrencies: tuple[int, ...] | None = None  # None: every concurrency of the plan
     drain: Callable[[], float] = lambda: 0.0  # wait out work left from a window; seconds
     cpu: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)  # (server, kernels) CPU s
+    restart: Callable[[], None] = lambda: None  # replace a server that stopped answering
     server: RunningServer | None = None
     floor: FloorProcess | None = None
 
@@ -156,20 +157,31 @@ def log(message: str) -> None:
 # -- throughput ------------------------------------------------------------------------------
 
 
-def _server_contender(server: RunningServer, endpoints: tuple[str, ...]) -> Contender:
-    def measure(endpoint: str, concurrency: int, seconds: int) -> Sample:
-        return run_wrk(server.url(f"/{endpoint}"), endpoint, concurrency, seconds)
+def _server_contender(server: RunningServer, endpoints: tuple[str, ...], raw: Path) -> Contender:
+    def running() -> RunningServer:
+        assert contender.server is not None
+        return contender.server
 
-    return Contender(
+    def measure(endpoint: str, concurrency: int, seconds: int) -> Sample:
+        return run_wrk(running().url(f"/{endpoint}"), endpoint, concurrency, seconds)
+
+    def restart() -> None:
+        hung = running()
+        hung.stop()
+        contender.server = RunningServer.launch(hung.spec, raw)
+
+    contender = Contender(
         server.spec.name,
         server.spec.kernels,
         measure,
         endpoints,
         server.spec.concurrencies,
-        drain=server.drain,
-        cpu=server.cpu_seconds,
+        drain=lambda: running().drain(),
+        cpu=lambda: running().cpu_seconds(),
+        restart=restart,
         server=server,
     )
+    return contender
 
 
 def _floor_contender(floor: FloorProcess, endpoints: tuple[str, ...]) -> Contender:
@@ -195,7 +207,7 @@ def contenders(
             workers = f" in each of {spec.workers} workers" if spec.workers > 1 else ""
             log(f"starting {spec.name} with {spec.kernels} kernel(s){workers}")
             server = RunningServer.launch(spec, raw)
-            started.append(_server_contender(server, spec_endpoints))
+            started.append(_server_contender(server, spec_endpoints, raw))
         for mode in floors:
             log(f"starting the raw floor ({mode})")
             floor = FloorProcess(mode, raw / f"floor-{mode}.log")
@@ -236,7 +248,7 @@ def measure_interleaved(group: Sequence[Contender], run: Run, plan: Plan | None 
                     after = contender.cpu()
                     samples[contender.name].append(sample)
                     cpu[contender.name].append(_cpu_ms_per_request(before, after, sample))
-                    drains[contender.name].append(contender.drain())
+                    drains[contender.name].append(_drain(contender, run, endpoint, concurrency))
             foreign = run.monitor.mean_between(started, run.monitor.now())
             for contender in active:
                 row = summarize(endpoint, contender, concurrency, samples[contender.name])
@@ -251,6 +263,26 @@ def measure_interleaved(group: Sequence[Contender], run: Run, plan: Plan | None 
                     f"p99 {row['p99_ms']:.2f} ms, {row['errors']} errors, "
                     f"drained in {max(row['drain_s']):.1f} s"
                 )
+
+
+def _drain(contender: Contender, run: Run, endpoint: str, concurrency: int) -> float:
+    """Drain `contender`; one that stopped answering is restarted and named in the notes.
+
+    Kernel Gateway can stop answering for good after a window at 64 connections: when a client
+    leaves as its response is written, the handler's error keeps the kernel checked out."""
+    started = time.monotonic()
+    try:
+        return contender.drain()
+    except httpx.TimeoutException:
+        note = (
+            f"{LABELS.get(contender.name, contender.name)} stopped answering after the "
+            f"/{endpoint} window at concurrency {concurrency} and was restarted; its windows "
+            "after that come from the new process."
+        )
+        log(note)
+        run.results.meta.setdefault("notes", []).append(note)
+        contender.restart()
+        return time.monotonic() - started
 
 
 def _cpu_ms_per_request(

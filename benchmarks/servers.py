@@ -199,7 +199,7 @@ class RunningServer:
             in_a_row = in_a_row + 1 if idle == self.spec.kernels else 0
             time.sleep(0.02)
 
-    def drain(self, timeout: float = 180.0, quick: float = 0.25) -> float:
+    def drain(self, timeout: float = 60.0, quick: float = 0.25) -> float:
         """Wait until no kernel is busy with requests whose clients already left; seconds.
 
         When wrk closes its connections at the end of a window, a server may still run the
