@@ -174,8 +174,8 @@ class Kernel:
             raise
         # One zmq context per kernel, shared with its manager, and only the channels cellserve
         # reads: no heartbeat thread (the manager tells whether the process lives) and no stdin
-        # (requests never get to prompt). 15 descriptors and 3 threads per kernel instead of 27
-        # and 6, which counts when a pool restarts kernels under load.
+        # (requests never get to prompt). 15 descriptors and 2 threads per kernel instead of 27
+        # and 5, which counts when a pool restarts kernels under load.
         client = manager.client(context=manager.context)
         client.start_channels(stdin=False, hb=False)
         kernel = cls(manager, client, config)
