@@ -268,8 +268,9 @@ def measure_interleaved(group: Sequence[Contender], run: Run, plan: Plan | None 
 def _drain(contender: Contender, run: Run, endpoint: str, concurrency: int) -> float:
     """Drain `contender`; one that stopped answering is restarted and named in the notes.
 
-    Kernel Gateway can stop answering for good after a window at 64 connections: when a client
-    leaves as its response is written, the handler's error keeps the kernel checked out."""
+    Kernel Gateway stopped answering for good after a window at 64 connections in two runs
+    (its log shows ``StreamClosedError`` from ``finish()`` for clients that left; nothing after
+    that was answered)."""
     started = time.monotonic()
     try:
         return contender.drain()
