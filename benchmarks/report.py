@@ -38,13 +38,20 @@ _NOT_CHARTED = ("floor", "hypercorn", "http-floor")
 
 @dataclass(frozen=True)
 class Target:
-    """One goal from the issue, checked against measured values of the same run."""
+    """One goal from the issue, checked against measured values of the same run; or a
+    reading (a value with no goal to pass or miss)."""
 
     name: str
     value: float | None
     goal: str
     passed: bool | None
     detail: str
+
+    @property
+    def result(self) -> str:
+        if self.passed is not None:
+            return "**pass**" if self.passed else "**miss**"
+        return "not measured" if self.value is None else "—"
 
 
 def find(rows: Iterable[Row], **match: Any) -> Row | None:
@@ -314,17 +321,7 @@ def scaling_table(results: dict[str, Any]) -> str:
 
 
 def targets_table(results: dict[str, Any]) -> str:
-    marks = {True: "**pass**", False: "**miss**", None: "not measured"}
-    lines = [
-        [
-            t.name,
-            t.goal,
-            _num(t.value),
-            "—" if t.goal.startswith("—") else marks[t.passed],
-            t.detail,
-        ]
-        for t in targets(results)
-    ]
+    lines = [[t.name, t.goal, _num(t.value), t.result, t.detail] for t in targets(results)]
     return _table(["target", "goal", "measured", "result", "values (this run)"], lines)
 
 
